@@ -1,0 +1,121 @@
+"""Run the imagingkit app standalone: ``imagingkit serve`` (DESIGN.md D3, D4).
+
+Binds loopback by default, prints its base URLs once the socket is listening (so a
+script can wait for the ``ready`` line), and stops cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import tornado.httpserver
+import tornado.netutil
+
+from imagingkit.config import Settings
+from imagingkit.errors import SandboxError
+from imagingkit.server.app import Component, make_app, mounted_urls
+
+__all__ = ["build_components", "serve"]
+
+log = logging.getLogger("imagingkit.serve")
+
+
+def build_components(
+    settings: Settings,
+    *,
+    sandbox: bool = False,
+    dicom_dir: Path | None = None,
+    size: str = "default",
+    seed: int = 42,
+) -> list[Component]:
+    """Create the served components for the chosen data source.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where data and indexes live (``settings.data_dir``).
+    sandbox : bool
+        Serve the generated sandbox cohort (generated on first use, then cached).
+    dicom_dir : Path, optional
+        Serve the user's own folder of Part-10 files instead.
+    size : {"small", "default", "medium", "large"}
+        Sandbox size.
+    seed : int
+        Sandbox seed; the same seed always gives the same data.
+
+    Returns
+    -------
+    list of Component
+    """
+    from imagingkit.sandbox.dicomweb_store import DicomWebStore
+    from imagingkit.sandbox.generate import ensure_sandbox
+
+    if sandbox == (dicom_dir is not None):
+        raise SandboxError("choose exactly one of --sandbox and --dicom-dir")
+    if dicom_dir is not None:
+        root = Path(dicom_dir).expanduser().resolve()
+        if not root.is_dir():
+            raise SandboxError(f"--dicom-dir {str(root)!r} is not a folder")
+        store = DicomWebStore.for_folder(root, settings=settings)
+    else:
+        root = ensure_sandbox(settings.data_dir, size=size, seed=seed)
+        store = DicomWebStore.for_folder(root, settings=settings)
+    return [store]
+
+
+def serve(
+    components: Sequence[Component],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8042,
+    base_url: str = "/",
+    out: TextIO = sys.stdout,
+) -> None:
+    """Serve *components* until SIGINT or SIGTERM.
+
+    Parameters
+    ----------
+    components : sequence of Component
+    host : str
+        Interface to bind; loopback by default.
+    port : int
+        TCP port; ``0`` picks a free one (the chosen port is printed).
+    base_url : str
+        Path prefix of every route.
+    out : TextIO
+        Where the ready message goes.
+    """
+
+    async def main() -> None:
+        app = make_app(components, base_url=base_url)
+        sockets = tornado.netutil.bind_sockets(port, address=host)
+        server = tornado.httpserver.HTTPServer(app, max_body_size=2**40, max_buffer_size=2**31)
+        server.add_sockets(sockets)
+        bound = sockets[0].getsockname()[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        origin = f"http://{shown_host}:{bound}"
+        print(f"imagingkit ready on {origin}/", file=out)
+        for mount, url in mounted_urls(origin, components, base_url).items():
+            print(f"  {mount:<10} {url}/", file=out)
+        out.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("imagingkit stopping", file=out)
+        out.flush()
+        server.stop()
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+        for component in components:
+            close = getattr(component, "close", None)
+            if close is not None:
+                close()
+
+    asyncio.run(main())
