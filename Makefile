@@ -1,0 +1,65 @@
+# The README's two commands:
+#   make demo   create .venv, install, serve the sandbox and open JupyterLab on notebooks/
+#   make test   create .venv, install the test tools, lint, type-check and run every test
+#
+# Both are idempotent: the installs are recorded in stamp files inside .venv and redone
+# only when pyproject.toml changes. Variables: PYTHON (interpreter creating .venv),
+# PORT (sandbox server, default 8042), LAB_PORT (JupyterLab, default 8888),
+# SIZE (sandbox size, default "default"), PYTEST_ARGS (extra pytest arguments).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8042
+LAB_PORT ?= 8888
+SIZE ?= default
+PYTEST_ARGS ?=
+DEMO_LOG := .cache/demo/serve.log
+
+.PHONY: help demo test
+
+help:
+	@echo "make demo   serve the imaging sandbox on http://127.0.0.1:$(PORT)/ and open JupyterLab"
+	@echo "make test   lint, type-check and run the whole test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.lab.stamp: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[lab]'
+	touch $@
+
+$(VENV)/.test.stamp: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
+	touch $@
+
+demo: $(VENV)/.lab.stamp
+	@mkdir -p $(dir $(DEMO_LOG))
+	$(BIN)/imagingkit serve --sandbox --size $(SIZE) --port $(PORT) > $(DEMO_LOG) 2>&1 &
+	server=$$!
+	trap 'kill $$server 2>/dev/null || true; wait $$server 2>/dev/null || true' EXIT
+	echo "Starting the imagingkit sandbox (the first run generates its data) ..."
+	for _ in $$(seq 1800); do
+		grep -q '^imagingkit ready on' $(DEMO_LOG) && break
+		if ! kill -0 $$server 2>/dev/null; then
+			cat $(DEMO_LOG); echo "imagingkit serve stopped (is port $(PORT) taken? try make demo PORT=...)"; exit 1
+		fi
+		sleep 0.1
+	done
+	if ! grep -q '^imagingkit ready on' $(DEMO_LOG); then
+		cat $(DEMO_LOG); echo "imagingkit serve was not ready after 180 s"; exit 1
+	fi
+	cat $(DEMO_LOG)
+	echo "Starting JupyterLab; Ctrl-C stops it and the sandbox."
+	$(BIN)/jupyter lab -y --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) notebooks/
+
+test: $(VENV)/.test.stamp
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)

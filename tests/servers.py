@@ -1,0 +1,330 @@
+"""Start and stop the servers the tests talk to: Orthanc and ``imagingkit serve``.
+
+Every server listens on loopback, every wait has a timeout, and each helper stops only
+the process it started, by its PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+__all__ = [
+    "ORTHANC_BINARY",
+    "ORTHANC_DICOMWEB_PLUGIN",
+    "ImagingkitServer",
+    "OrthancServer",
+    "ServerStartError",
+    "UploadReport",
+    "free_port",
+    "listening_addresses",
+    "orthanc_missing_reason",
+    "start_imagingkit",
+    "start_orthanc",
+]
+
+ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+#: ``Accept-Encoding: identity``: Orthanc gzips every answer a client allows it to
+#: (≈ 46 ms of CPU per instance), which is never what a test or a benchmark wants.
+IDENTITY = {"Accept-Encoding": "identity"}
+
+_READY = re.compile(r"^imagingkit ready on (?P<url>http://\S+/)\s*$")
+_MOUNT = re.compile(r"^\s+(?P<mount>\S+)\s+(?P<url>http://\S+)\s*$")
+
+
+class ServerStartError(RuntimeError):
+    """A server did not become ready; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "<no log>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int | None:
+    """Send *sig* to *proc*; return its exit code, or None if it had to be killed."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return None
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Return the local addresses of the TCP sockets listening on *port*.
+
+    Reads ``/proc/net/tcp`` and ``/proc/net/tcp6`` (Linux), so it sends no traffic.
+    IPv4 addresses come back dotted (``"127.0.0.1"``, ``"0.0.0.0"``), IPv6 ones in
+    ``socket.inet_ntop`` form (``"::1"``, ``"::"``).
+    """
+    found: set[str] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            local, state = cols[1], cols[3]
+            address_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A = TCP_LISTEN
+                continue
+            raw = bytes.fromhex(address_hex)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+            found.add(socket.inet_ntop(family, b"".join(words)))
+    return found
+
+
+# --------------------------------------------------------------------------- Orthanc
+
+
+def orthanc_missing_reason() -> str | None:
+    """Return why Orthanc cannot run here, or None if it can."""
+    if not ORTHANC_BINARY.exists() or not ORTHANC_DICOMWEB_PLUGIN.exists():
+        return "Orthanc not installed: apt-get install orthanc orthanc-dicomweb"
+    return None
+
+
+@dataclass
+class UploadReport:
+    """What Orthanc said about each uploaded file."""
+
+    #: files Orthanc stored for the first time
+    stored: list[Path] = field(default_factory=list)
+    #: files whose SOP Instance UID Orthanc already had (it keeps the first one)
+    duplicates: list[Path] = field(default_factory=list)
+    #: files Orthanc refused, with its message
+    refused: dict[Path, str] = field(default_factory=dict)
+
+
+@dataclass
+class OrthancServer:
+    """A running Orthanc with its DICOMweb plugin, on loopback."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def dicomweb(self) -> str:
+        """The DICOMweb base URL, without a trailing slash."""
+        return f"{self.url}/dicom-web"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "orthanc.log"
+
+    def upload(self, paths: Iterable[Path]) -> UploadReport:
+        """Store Part-10 files through the REST API (``POST /instances``)."""
+        report = UploadReport()
+        for path in paths:
+            response = self.session.post(
+                f"{self.url}/instances",
+                data=Path(path).read_bytes(),
+                headers={**IDENTITY, "Content-Type": "application/dicom"},
+                timeout=60,
+            )
+            if response.status_code != 200:
+                report.refused[Path(path)] = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            status = response.json().get("Status")
+            if status == "AlreadyStored":
+                report.duplicates.append(Path(path))
+            else:
+                report.stored.append(Path(path))
+        return report
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """Stop Orthanc (SIGTERM, then SIGKILL after *timeout*); return its exit code."""
+        self.session.close()
+        return _stop_process(self.process, signal.SIGTERM, timeout)
+
+
+def _orthanc_config(workdir: Path, http_port: int) -> dict[str, object]:
+    storage = workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    return {
+        "Name": "imagingkit-test",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "HttpPort": http_port,
+        # Orthanc 1.10 has no bind-address option: it listens on every interface but
+        # answers loopback clients only.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        # No DIMSE listener: the tests speak DICOMweb only, so no second open port.
+        "DicomServerEnabled": False,
+        "DicomPort": free_port(),
+        "HttpCompressionEnabled": False,
+        "StorageCompression": False,
+        "ConcurrentJobs": 2,
+        "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
+    }
+
+
+def start_orthanc(workdir: Path, timeout: float = 60, attempts: int = 3) -> OrthancServer:
+    """Start ``/usr/sbin/Orthanc`` with a temporary configuration in *workdir*.
+
+    Returns once ``GET /system`` answers. Retries on a fresh port if the first one was
+    taken in the meantime.
+
+    Raises
+    ------
+    ServerStartError
+        If Orthanc exits or does not answer within *timeout* seconds.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for attempt in range(attempts):
+        port = free_port()
+        config = workdir / "orthanc.json"
+        config.write_text(json.dumps(_orthanc_config(workdir, port), indent=2))
+        log = workdir / "orthanc.log"
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [str(ORTHANC_BINARY), str(config)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+            )
+        server = OrthancServer(url=f"http://127.0.0.1:{port}", process=proc, workdir=workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if server.session.get(f"{server.url}/system", timeout=2).status_code == 200:
+                    return server
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        server.stop()
+        last_error = f"attempt {attempt + 1} on port {port}:\n{_tail(log)}"
+    raise ServerStartError(f"Orthanc did not become ready within {timeout} s; {last_error}")
+
+
+# --------------------------------------------------------------------------- imagingkit
+
+
+@dataclass
+class ImagingkitServer:
+    """A running ``imagingkit serve`` subprocess."""
+
+    #: the origin with a trailing slash, as printed in the ready line
+    url: str
+    #: mount name → base URL (with a trailing slash), as printed
+    mounts: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+    @property
+    def dicomweb(self) -> str:
+        """The DICOMweb base URL, without a trailing slash."""
+        return self.mounts["dicom-web"].rstrip("/")
+
+    @property
+    def output(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        """Send *sig*; return the exit code, or None if it had to be killed."""
+        return _stop_process(self.process, sig, timeout)
+
+
+def imagingkit_command(*args: str) -> list[str]:
+    """Return the command line running the imagingkit CLI of this interpreter."""
+    return [sys.executable, "-m", "imagingkit", *args]
+
+
+def subprocess_env(data_dir: Path) -> dict[str, str]:
+    """Return an environment for an imagingkit subprocess keeping its data in *data_dir*."""
+    env = dict(os.environ)
+    env["IMAGINGKIT_DATA_DIR"] = str(data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_imagingkit(
+    args: Sequence[str], log: Path, data_dir: Path, timeout: float = 120
+) -> ImagingkitServer:
+    """Run ``imagingkit serve ARGS`` and wait for its ready line and mount lines.
+
+    Raises
+    ------
+    ServerStartError
+        If the process exits or prints no ready line within *timeout* seconds.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            imagingkit_command("serve", *args),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=subprocess_env(data_dir),
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            ready = _READY.match(line)
+            if not ready:
+                continue
+            mounts = {}
+            for later in lines[i + 1 :]:
+                found = _MOUNT.match(later)
+                if not found:
+                    break
+                mounts[found["mount"]] = found["url"]
+            # the mount lines are flushed together with the ready line
+            if mounts:
+                return ImagingkitServer(ready["url"], mounts, proc, log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    code = _stop_process(proc, signal.SIGTERM, 10)
+    raise ServerStartError(
+        f"imagingkit serve {' '.join(args)} was not ready within {timeout} s "
+        f"(exit code {code}):\n{_tail(log)}"
+    )
