@@ -6,6 +6,7 @@ the process it started, by its PID.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -21,17 +22,23 @@ from pathlib import Path
 import requests
 
 __all__ = [
+    "IDENTITY",
     "ORTHANC_BINARY",
     "ORTHANC_DICOMWEB_PLUGIN",
     "ImagingkitServer",
     "OrthancServer",
+    "RawResponse",
     "ServerStartError",
     "UploadReport",
     "free_port",
+    "imagingkit_command",
     "listening_addresses",
+    "multipart_parts",
     "orthanc_missing_reason",
+    "raw_get",
     "start_imagingkit",
     "start_orthanc",
+    "subprocess_env",
 ]
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
@@ -328,3 +335,69 @@ def start_imagingkit(
         f"imagingkit serve {' '.join(args)} was not ready within {timeout} s "
         f"(exit code {code}):\n{_tail(log)}"
     )
+
+
+# --------------------------------------------------------------------------- raw HTTP
+
+
+@dataclass
+class RawResponse:
+    """An HTTP answer read whole."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body) if self.body else None
+
+
+def raw_get(base: str, target: str, accept: str | None = None, timeout: float = 60) -> RawResponse:
+    """GET ``base + target`` sending *target* byte for byte (no percent-encoding).
+
+    ``requests`` and ``urllib3`` re-quote characters such as ``^``, and Orthanc does not
+    percent-decode query values, so comparisons of the two servers send raw targets.
+    Header names in the answer are lower-cased.
+    """
+    origin, _, prefix = base.partition("://")[2].partition("/")
+    host, _, port = origin.partition(":")
+    path = "/" + prefix.strip("/") + target if prefix.strip("/") else target
+    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        headers = dict(IDENTITY)
+        if accept:
+            headers["Accept"] = accept
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return RawResponse(
+            response.status,
+            {k.lower(): v for k, v in response.getheaders()},
+            response.read(),
+        )
+    finally:
+        conn.close()
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """Split a ``multipart/related`` body (RFC 2387) into (headers, content) pairs."""
+    params = dict(
+        (key.strip().lower(), value.strip().strip('"'))
+        for key, _, value in (item.partition("=") for item in content_type.split(";")[1:])
+    )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise ValueError(f"no boundary in Content-Type {content_type!r}")
+    parts = []
+    for chunk in (b"\r\n" + body).split(b"\r\n--" + boundary.encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("multipart part without a blank line after its headers")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, colon, value = line.partition(":")
+            if colon:
+                headers[name.strip().lower()] = value.strip()
+        parts.append((headers, content))
+    return parts
