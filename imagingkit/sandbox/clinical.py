@@ -1,0 +1,583 @@
+"""The sandbox's FHIR R4 clinical record, linked to its imaging (issue 3 point 1).
+
+Two sources, one mapping (:mod:`.clinical_imaging`):
+
+- **imaging** — every study in the DICOM index becomes an ImagingStudy (R4 shape, with
+  series, instances and an Endpoint whose address is the DICOMweb base actually served),
+  and every patient a Patient whose identifier, name, gender and birthDate are those of the
+  DICOM headers. This is all a ``--dicom-dir`` folder gets (as Azure's DICOMcast does),
+  kept in step by :func:`sync_imaging_from_index`.
+- **clinical** — for the generated cohort (``cohort.json``), the record around each study
+  (:mod:`.clinical_synthetic`): Encounter, the Condition that motivated the imaging,
+  vitals and labs, and the DiagnosticReport, all seeded by the cohort seed.
+
+Every resource has a deterministic id derived from DICOM UIDs and PatientIDs, so the same
+data always gives the same resources, and re-loading them is an idempotent update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from imagingkit.errors import SandboxError
+from imagingkit.sandbox.clinical_imaging import (
+    ENDPOINT_ID,
+    InstanceFacts,
+    PatientFacts,
+    SeriesFacts,
+    StudyFacts,
+    dicomweb_endpoint,
+    imaging_study_resource,
+    patient_id,
+    patient_resource,
+)
+from imagingkit.sandbox.clinical_synthetic import (
+    VisitContext,
+    condition_resource,
+    diagnostic_report_resource,
+    encounter_resource,
+    observation_resources,
+)
+
+__all__ = [
+    "DICOMWEB_BASE_PLACEHOLDER",
+    "build_clinical_resources",
+    "build_imaging_resources",
+    "load_into",
+    "study_facts_from_datasets",
+    "sync_imaging_from_index",
+    "transaction_bundle",
+    "transaction_bundles",
+]
+
+log = logging.getLogger("imagingkit.sandbox.clinical")
+
+#: Written as Endpoint.address; the FHIR store renders it as the DICOMweb base it serves.
+DICOMWEB_BASE_PLACEHOLDER = "urn:imagingkit:dicomweb-base"
+
+#: Header attributes read per series (the rest comes from the index).
+_HEADER_TAGS = [
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "TimezoneOffsetFromUTC",
+    "StudyDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Modality",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "SeriesDate",
+    "SeriesTime",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+]
+
+
+class _Record(Protocol):
+    path: Any
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+
+
+class _Index(Protocol):
+    def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> Sequence[_Record]: ...
+
+
+class _Store(Protocol):
+    def transaction(self, bundle: dict[str, Any]) -> Any: ...
+
+
+# --------------------------------------------------------------------------- DICOM facts
+
+
+def _text(dataset: Any, keyword: str) -> str:
+    value = dataset.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _integer(dataset: Any, keyword: str) -> int | None:
+    try:
+        value = dataset.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _patient_facts(dataset: Any) -> PatientFacts:
+    return PatientFacts(
+        patient_id=_text(dataset, "PatientID"),
+        issuer=_text(dataset, "IssuerOfPatientID"),
+        name=_text(dataset, "PatientName"),
+        birth_date=_text(dataset, "PatientBirthDate"),
+        sex=_text(dataset, "PatientSex"),
+    )
+
+
+def _series_facts(dataset: Any, instances: Iterable[InstanceFacts]) -> SeriesFacts:
+    return SeriesFacts(
+        uid=_text(dataset, "SeriesInstanceUID"),
+        modality=_text(dataset, "Modality"),
+        number=_integer(dataset, "SeriesNumber"),
+        description=_text(dataset, "SeriesDescription"),
+        body_part=_text(dataset, "BodyPartExamined"),
+        date=_text(dataset, "SeriesDate"),
+        time=_text(dataset, "SeriesTime"),
+        instances=tuple(instances),
+    )
+
+
+def _study_facts(dataset: Any, series: Iterable[SeriesFacts]) -> StudyFacts:
+    return StudyFacts(
+        uid=_text(dataset, "StudyInstanceUID"),
+        patient=_patient_facts(dataset),
+        accession=_text(dataset, "AccessionNumber"),
+        date=_text(dataset, "StudyDate"),
+        time=_text(dataset, "StudyTime"),
+        timezone=_text(dataset, "TimezoneOffsetFromUTC"),
+        description=_text(dataset, "StudyDescription"),
+        series=tuple(series),
+    )
+
+
+def study_facts_from_datasets(datasets: Iterable[Any]) -> list[StudyFacts]:
+    """Group DICOM datasets (headers suffice) into studies, series and instances.
+
+    Patient- and study-level attributes are taken from the first dataset of each study,
+    series-level ones from the first of each series (PS3.3 C.7: they are the same in every
+    instance of a conformant study). Datasets without Study/Series/SOP Instance UID are
+    skipped.
+
+    Parameters
+    ----------
+    datasets : iterable of pydicom.Dataset
+
+    Returns
+    -------
+    list of StudyFacts
+        In order of first appearance.
+    """
+    firsts: dict[str, Any] = {}
+    series_first: dict[str, dict[str, Any]] = defaultdict(dict)
+    instances: dict[tuple[str, str], dict[str, InstanceFacts]] = defaultdict(dict)
+    for ds in datasets:
+        study, series, sop = (
+            _text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+        if not (study and series and sop):
+            continue
+        firsts.setdefault(study, ds)
+        series_first[study].setdefault(series, ds)
+        instances[(study, series)][sop] = InstanceFacts(
+            sop_uid=sop,
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            number=_integer(ds, "InstanceNumber"),
+        )
+    return [
+        _study_facts(
+            first,
+            (
+                _series_facts(ds, instances[(study, series)].values())
+                for series, ds in series_first[study].items()
+            ),
+        )
+        for study, first in firsts.items()
+    ]
+
+
+def _read_header(path: Path) -> Any:
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
+
+
+def study_facts_from_index(index: _Index, study_uids: Iterable[str]) -> list[StudyFacts]:
+    """Read the facts of *study_uids* from the DICOM index and one header per series.
+
+    Instance UIDs, SOP classes and numbers come from the index; patient, study and series
+    attributes from the first file of each series (read without pixel data).
+    """
+    facts: list[StudyFacts] = []
+    for study_uid in study_uids:
+        records = list(index.instances(study_uid))
+        by_series: dict[str, list[_Record]] = defaultdict(list)
+        for record in records:
+            by_series[record.series_uid].append(record)
+        study_header: Any = None
+        series: list[SeriesFacts] = []
+        for series_records in by_series.values():
+            try:
+                header = _read_header(Path(series_records[0].path))
+            except Exception as exc:  # a file that vanished or broke since indexing
+                log.warning("cannot read %s: %s", series_records[0].path, exc)
+                continue
+            study_header = study_header or header
+            series.append(
+                _series_facts(
+                    header,
+                    (
+                        InstanceFacts(r.sop_uid, r.sop_class_uid, r.instance_number)
+                        for r in series_records
+                    ),
+                )
+            )
+        if study_header is not None:
+            facts.append(_study_facts(study_header, series))
+    return facts
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def build_imaging_resources(
+    studies: Iterable[StudyFacts],
+    *,
+    endpoint_address: str = DICOMWEB_BASE_PLACEHOLDER,
+    study_extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Endpoint, Patients and ImagingStudies for DICOM studies (the DICOMcast mapping).
+
+    Parameters
+    ----------
+    studies : iterable of StudyFacts
+    endpoint_address : str
+        The DICOMweb base (or the FHIR store's placeholder for it).
+    study_extras : mapping, optional
+        Study Instance UID → further ImagingStudy elements (encounter, reasons).
+
+    Returns
+    -------
+    list of dict
+        The Endpoint first, then each Patient once, then the ImagingStudies.
+    """
+    patients: dict[str, dict[str, Any]] = {}
+    imaging: list[dict[str, Any]] = []
+    extras = study_extras or {}
+    for study in studies:
+        patient = patient_resource(study.patient)
+        patients.setdefault(patient["id"], patient)
+        extra = dict(extras.get(study.uid, {}))
+        imaging.append(imaging_study_resource(study, endpoint_id=ENDPOINT_ID, extra=extra))
+    return [dicomweb_endpoint(endpoint_address), *patients.values(), *imaging]
+
+
+def _parse_started(value: str | None) -> dt.datetime:
+    if not value:
+        return dt.datetime(2000, 1, 1, 9, 0, tzinfo=dt.timezone.utc)
+    if "T" not in value:
+        day = dt.date.fromisoformat(value)
+        return dt.datetime(day.year, day.month, day.day, 9, 0, tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _cohort_reasons(cohort: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {
+        s["StudyInstanceUID"]: s
+        for s in cohort.get("studies", [])
+        if isinstance(s, Mapping) and s.get("reason", {}).get("code")
+    }
+
+
+def _visits(
+    studies: Sequence[StudyFacts], cohort: Mapping[str, Any]
+) -> list[tuple[StudyFacts, VisitContext]]:
+    entries = _cohort_reasons(cohort)
+    seed = int(cohort.get("seed", 0))
+    visits = []
+    for study in studies:
+        entry = entries.get(study.uid)
+        if entry is None:
+            continue
+        patient = patient_resource(study.patient)
+        imaging = imaging_study_resource(study)
+        birth = patient.get("birthDate")
+        visits.append(
+            (
+                study,
+                VisitContext(
+                    study_uid=study.uid,
+                    imaging_study_id=imaging["id"],
+                    patient_id=patient["id"],
+                    started=_parse_started(imaging.get("started")),
+                    gender=patient["gender"],
+                    birth_date=dt.date.fromisoformat(birth) if birth else None,
+                    reason=entry["reason"],
+                    description=study.description,
+                    seed=seed,
+                ),
+            )
+        )
+    visits.sort(key=lambda item: (item[1].started, item[1].study_uid))
+    return visits
+
+
+def _clinical_resources(
+    visits: Sequence[tuple[StudyFacts, VisitContext]],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Encounters, Conditions, Observations, reports; and ImagingStudy links per study."""
+    resources: list[dict[str, Any]] = []
+    extras: dict[str, dict[str, Any]] = {}
+    first_of_condition: dict[str, VisitContext] = {}
+    measured_height: set[str] = set()
+    for _study, visit in visits:
+        first = first_of_condition.setdefault(visit.condition_id, visit)
+        positive = first.finding_positive()
+        resources.append(encounter_resource(visit))
+        if first is visit:
+            resources.append(condition_resource(visit, confirmed=positive))
+        resources.extend(
+            observation_resources(visit, with_height=visit.patient_id not in measured_height)
+        )
+        measured_height.add(visit.patient_id)
+        resources.append(diagnostic_report_resource(visit, positive=positive))
+        reason = dict(visit.reason)
+        extras[visit.study_uid] = {
+            "encounter": {"reference": f"Encounter/{visit.encounter_id}"},
+            "reasonCode": [
+                {
+                    "coding": [
+                        {
+                            "system": reason.get("system", "http://snomed.info/sct"),
+                            "code": reason["code"],
+                            "display": reason["display"],
+                        }
+                    ],
+                    "text": reason["display"],
+                }
+            ],
+            "reasonReference": [{"reference": f"Condition/{visit.condition_id}"}],
+        }
+    return resources, extras
+
+
+def _all_study_uids(index: Any) -> list[str]:
+    for name in ("study_uids", "all_study_uids"):
+        method = getattr(index, name, None)
+        if callable(method):
+            return list(method())
+    raise SandboxError(f"{type(index).__name__} offers no way to list its studies")
+
+
+def build_clinical_resources(
+    root: Path,
+    index: Any,
+    *,
+    endpoint_address: str = DICOMWEB_BASE_PLACEHOLDER,
+) -> list[dict[str, Any]]:
+    """Build every FHIR resource of the sandbox served from *root*.
+
+    Parameters
+    ----------
+    root : Path
+        The sandbox folder (with ``cohort.json`` when it was generated; a plain DICOM
+        folder gets imaging resources only).
+    index : DicomIndex
+        The index of the Part-10 files under *root*.
+    endpoint_address : str
+        The Endpoint's address: the DICOMweb base, or the store's placeholder for it.
+
+    Returns
+    -------
+    list of dict
+        Endpoint, Patients, then per patient its Encounters, Conditions, Observations,
+        ImagingStudies and DiagnosticReports. Ids are deterministic.
+    """
+    cohort_path = Path(root) / "cohort.json"
+    try:
+        cohort = json.loads(cohort_path.read_text()) if cohort_path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise SandboxError(f"cannot read {str(cohort_path)!r}: {exc}") from exc
+    studies = study_facts_from_index(index, _all_study_uids(index))
+    clinical, extras = _clinical_resources(_visits(studies, cohort))
+    imaging = build_imaging_resources(
+        studies, endpoint_address=endpoint_address, study_extras=extras
+    )
+    return _order_by_patient(imaging + clinical)
+
+
+def _subject(resource: Mapping[str, Any]) -> str | None:
+    if resource["resourceType"] == "Patient":
+        return f"Patient/{resource['id']}"
+    subject = resource.get("subject", {}).get("reference")
+    return subject if isinstance(subject, str) else None
+
+
+_TYPE_ORDER = {
+    "Endpoint": 0,
+    "Patient": 1,
+    "Encounter": 2,
+    "Condition": 3,
+    "Observation": 4,
+    "ImagingStudy": 5,
+    "DiagnosticReport": 6,
+}
+
+
+def _order_by_patient(resources: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Endpoints first, then each patient's resources together (Patient first)."""
+    position: dict[str | None, int] = {}
+    for resource in resources:
+        position.setdefault(_subject(resource), len(position))
+    return sorted(
+        resources,
+        key=lambda r: (
+            r["resourceType"] != "Endpoint",
+            position[_subject(r)],
+            _TYPE_ORDER.get(r["resourceType"], 9),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def transaction_bundles(
+    resources: Sequence[dict[str, Any]], *, max_entries: int = 50
+) -> Iterator[dict[str, Any]]:
+    """Yield transaction Bundles updating *resources* by id (R4 http.html#transaction).
+
+    Each entry is a PUT to ``Type/id`` (create-on-update keeps our ids). A patient's
+    resources stay in one Bundle (they refer to one another, Encounter ↔ Condition
+    included), which may exceed *max_entries* only when one patient alone does.
+    """
+    groups: list[list[dict[str, Any]]] = []
+    by_subject: dict[str | None, list[dict[str, Any]]] = {}
+    for resource in resources:
+        key = _subject(resource)
+        if key not in by_subject:
+            by_subject[key] = []
+            groups.append(by_subject[key])
+        by_subject[key].append(resource)
+    batch: list[dict[str, Any]] = []
+    for group in groups:
+        if batch and len(batch) + len(group) > max_entries:
+            yield transaction_bundle(batch)
+            batch = []
+        batch.extend(group)
+    if batch:
+        yield transaction_bundle(batch)
+
+
+def transaction_bundle(resources: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One transaction Bundle PUTting each resource to ``Type/id`` (create-on-update)."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in resources
+        ],
+    }
+
+
+def load_into(store: _Store, resources: Sequence[dict[str, Any]], *, max_entries: int = 50) -> int:
+    """Load *resources* into a FHIR store with transaction Bundles; return how many.
+
+    Parameters
+    ----------
+    store : FhirStore
+        Anything with ``transaction(bundle)``.
+    resources : sequence of dict
+        As built by :func:`build_clinical_resources`.
+    max_entries : int
+        Entries per Bundle (a patient's resources are never split).
+    """
+    count = 0
+    for bundle in transaction_bundles(resources, max_entries=max_entries):
+        store.transaction(bundle)
+        count += len(bundle["entry"])
+    return count
+
+
+# --------------------------------------------------------------------------- --dicom-dir sync
+
+
+def _same(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    return all(stored.get(key) == value for key, value in wanted.items())
+
+
+def sync_imaging_from_index(
+    store: Any,
+    index: Any,
+    *,
+    study_uids: Iterable[str] | None = None,
+    endpoint_address: str = DICOMWEB_BASE_PLACEHOLDER,
+) -> list[str]:
+    """Bring the store's Patient and ImagingStudy resources in step with the DICOM index.
+
+    For every study (or only *study_uids*, e.g. those a STOW-RS request just stored) the
+    Patient and ImagingStudy derived from the headers are compared with the stored ones;
+    new or changed ones are written (elements not derived from DICOM, such as
+    ``encounter`` or ``reasonReference`` of the sandbox's studies, are kept).
+
+    Parameters
+    ----------
+    store : FhirStore
+        Needs ``read(type, id)`` (raising or returning ``None`` when absent) and
+        ``upsert(resource)``.
+    index : DicomIndex
+    study_uids : iterable of str, optional
+        Restrict the sync to these studies.
+    endpoint_address : str
+        The Endpoint's address (see :data:`DICOMWEB_BASE_PLACEHOLDER`).
+
+    Returns
+    -------
+    list of str
+        ``"Type/id"`` of every resource written.
+    """
+    uids = list(study_uids) if study_uids is not None else _all_study_uids(index)
+    wanted = build_imaging_resources(
+        study_facts_from_index(index, uids), endpoint_address=endpoint_address
+    )
+    written: list[str] = []
+    for resource in wanted:
+        stored = _read_or_none(store, resource["resourceType"], resource["id"])
+        if stored is not None and _same(stored, resource):
+            continue
+        merged = {k: v for k, v in (stored or {}).items() if k != "meta"}
+        merged.update(resource)
+        store.upsert(merged)
+        written.append(f"{resource['resourceType']}/{resource['id']}")
+    return written
+
+
+def _read_or_none(store: Any, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    try:
+        found = store.read(resource_type, resource_id)
+    except Exception:  # the store's not-found error; anything else resurfaces on upsert
+        return None
+    if found is None:
+        return None
+    return dict(found) if isinstance(found, Mapping) else None
+
+
+def patient_of(study: StudyFacts) -> str:
+    """``"Patient/<id>"`` of a study's patient (convenience for callers and tests)."""
+    return f"Patient/{patient_id(study.patient)}"

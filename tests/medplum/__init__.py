@@ -1,0 +1,1 @@
+"""The reference FHIR engine for the differential tests (Node script + Python launcher)."""
