@@ -54,7 +54,9 @@ def build_components(
     list of Component
     """
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
+    from imagingkit.iid.facade import IidFacade
     from imagingkit.sandbox.generate import ensure_sandbox
+    from imagingkit.viewer import BuiltinViewer
 
     if sandbox == (dicom_dir is not None):
         raise SandboxError("choose exactly one of --sandbox and --dicom-dir")
@@ -66,7 +68,7 @@ def build_components(
     else:
         root = ensure_sandbox(settings.data_dir, size=size, seed=seed)
         store = DicomWebStore.for_folder(root, settings=settings)
-    return [store]
+    return [store, IidFacade(timeout=settings.timeout), BuiltinViewer()]
 
 
 def serve(
