@@ -53,8 +53,8 @@ def build_components(
     -------
     list of Component
     """
-    from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.iid.facade import IidFacade
+    from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.sandbox.generate import ensure_sandbox
     from imagingkit.viewer import BuiltinViewer
 
