@@ -1,0 +1,32 @@
+"""FHIRcast 3.0.0 (STU3): the protocol, a hub and a client.
+
+- :mod:`~imagingkit.fhircast.protocol` — messages and validation, sans I/O;
+- :mod:`~imagingkit.fhircast.session` — the state of one topic, sans I/O;
+- :mod:`~imagingkit.fhircast.hub` — :class:`FhircastHub`, the tornado component at
+  ``/fhircast/``;
+- :mod:`~imagingkit.fhircast.client` — :class:`FhircastClient` (blocking, notebook-safe)
+  and :class:`AsyncFhircastClient` on the ``websockets`` library.
+"""
+
+from imagingkit.fhircast.auth import StaticTokenValidator, TokenInfo
+from imagingkit.fhircast.client import (
+    AsyncFhircastClient,
+    CurrentContext,
+    Denial,
+    FhircastClient,
+)
+from imagingkit.fhircast.hub import FhircastHub, HubPolicy
+from imagingkit.fhircast.protocol import FHIRCAST_VERSION, Event
+
+__all__ = [
+    "FHIRCAST_VERSION",
+    "AsyncFhircastClient",
+    "CurrentContext",
+    "Denial",
+    "Event",
+    "FhircastClient",
+    "FhircastHub",
+    "HubPolicy",
+    "StaticTokenValidator",
+    "TokenInfo",
+]
