@@ -53,6 +53,7 @@ def build_components(
     -------
     list of Component
     """
+    from imagingkit.fhircast.hub import FhircastHub
     from imagingkit.iid.facade import IidFacade
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.sandbox.generate import ensure_sandbox
@@ -68,7 +69,7 @@ def build_components(
     else:
         root = ensure_sandbox(settings.data_dir, size=size, seed=seed)
         store = DicomWebStore.for_folder(root, settings=settings)
-    return [store, IidFacade(timeout=settings.timeout), BuiltinViewer()]
+    return [store, IidFacade(timeout=settings.timeout), BuiltinViewer(), FhircastHub()]
 
 
 def serve(
