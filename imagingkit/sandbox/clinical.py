@@ -50,7 +50,8 @@ __all__ = [
     "build_clinical_resources",
     "build_imaging_resources",
     "load_into",
-    "study_facts_from_datasets",
+    "study_facts_from_index",
+    "study_uids_in_index",
     "sync_imaging_from_index",
     "transaction_bundle",
     "transaction_bundles",
@@ -61,31 +62,6 @@ log = logging.getLogger("imagingkit.sandbox.clinical")
 #: Written as Endpoint.address; the FHIR store renders it as the DICOMweb base it serves.
 DICOMWEB_BASE_PLACEHOLDER = "urn:imagingkit:dicomweb-base"
 
-#: Header attributes read per series (the rest comes from the index).
-_HEADER_TAGS = [
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyTime",
-    "TimezoneOffsetFromUTC",
-    "StudyDescription",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "Modality",
-    "SeriesDescription",
-    "BodyPartExamined",
-    "SeriesDate",
-    "SeriesTime",
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "InstanceNumber",
-]
-
 
 class _Record(Protocol):
     path: Any
@@ -94,12 +70,6 @@ class _Record(Protocol):
     sop_uid: str
     sop_class_uid: str
     instance_number: int | None
-
-
-class _Index(Protocol):
-    def instances(
-        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
-    ) -> Sequence[_Record]: ...
 
 
 class _Store(Protocol):
@@ -113,7 +83,7 @@ def _text(dataset: Any, keyword: str) -> str:
     value = dataset.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple)):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 
@@ -162,85 +132,54 @@ def _study_facts(dataset: Any, series: Iterable[SeriesFacts]) -> StudyFacts:
     )
 
 
-def study_facts_from_datasets(datasets: Iterable[Any]) -> list[StudyFacts]:
-    """Group DICOM datasets (headers suffice) into studies, series and instances.
+class _JsonHeader:
+    """Keyword access to a DICOM JSON header (PS3.18 F.2), as :func:`_text` expects."""
 
-    Patient- and study-level attributes are taken from the first dataset of each study,
-    series-level ones from the first of each series (PS3.3 C.7: they are the same in every
-    instance of a conformant study). Datasets without Study/Series/SOP Instance UID are
-    skipped.
+    def __init__(self, header: Mapping[str, Any]) -> None:
+        self._header = header
 
-    Parameters
-    ----------
-    datasets : iterable of pydicom.Dataset
+    def get(self, keyword: str, default: Any = None) -> Any:
+        from pydicom.datadict import tag_for_keyword
 
-    Returns
-    -------
-    list of StudyFacts
-        In order of first appearance.
-    """
-    firsts: dict[str, Any] = {}
-    series_first: dict[str, dict[str, Any]] = defaultdict(dict)
-    instances: dict[tuple[str, str], dict[str, InstanceFacts]] = defaultdict(dict)
-    for ds in datasets:
-        study, series, sop = (
-            _text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-        )
-        if not (study and series and sop):
-            continue
-        firsts.setdefault(study, ds)
-        series_first[study].setdefault(series, ds)
-        instances[(study, series)][sop] = InstanceFacts(
-            sop_uid=sop,
-            sop_class_uid=_text(ds, "SOPClassUID"),
-            number=_integer(ds, "InstanceNumber"),
-        )
-    return [
-        _study_facts(
-            first,
-            (
-                _series_facts(ds, instances[(study, series)].values())
-                for series, ds in series_first[study].items()
-            ),
-        )
-        for study, first in firsts.items()
-    ]
+        tag = tag_for_keyword(keyword)
+        element = self._header.get(f"{tag:08X}") if tag is not None else None
+        values = element.get("Value") if isinstance(element, Mapping) else None
+        if not values:
+            return default
+        texts = [v.get("Alphabetic", "") if isinstance(v, Mapping) else v for v in values]
+        return texts[0] if len(texts) == 1 else texts
 
 
-def _read_header(path: Path) -> Any:
-    import pydicom
+def study_uids_in_index(index: Any) -> list[str]:
+    """Every Study Instance UID the DICOM index holds, sorted."""
+    return [row[0] for row in index.query("SELECT study_uid FROM studies ORDER BY study_uid")]
 
-    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
 
+def study_facts_from_index(index: Any, study_uids: Iterable[str]) -> list[StudyFacts]:
+    """Read the facts of *study_uids* from the DICOM index.
 
-def study_facts_from_index(index: _Index, study_uids: Iterable[str]) -> list[StudyFacts]:
-    """Read the facts of *study_uids* from the DICOM index and one header per series.
-
-    Instance UIDs, SOP classes and numbers come from the index; patient, study and series
-    attributes from the first file of each series (read without pixel data).
+    Instance UIDs, SOP classes and numbers come from :meth:`DicomIndex.instances`; patient,
+    study and series attributes from the stored header of each series' first instance
+    (:meth:`DicomIndex.header`; PS3.3 C.7: they are the same in every instance of a study).
+    Studies that vanished from the index are skipped.
     """
     facts: list[StudyFacts] = []
     for study_uid in study_uids:
-        records = list(index.instances(study_uid))
         by_series: dict[str, list[_Record]] = defaultdict(list)
-        for record in records:
+        for record in index.instances(study_uid):
             by_series[record.series_uid].append(record)
-        study_header: Any = None
+        study_header: _JsonHeader | None = None
         series: list[SeriesFacts] = []
-        for series_records in by_series.values():
-            try:
-                header = _read_header(Path(series_records[0].path))
-            except Exception as exc:  # a file that vanished or broke since indexing
-                log.warning("cannot read %s: %s", series_records[0].path, exc)
+        for records in by_series.values():
+            stored = index.header(records[0].sop_uid)
+            if stored is None:  # removed between the two queries
                 continue
+            header = _JsonHeader(stored)
             study_header = study_header or header
             series.append(
                 _series_facts(
                     header,
-                    (
-                        InstanceFacts(r.sop_uid, r.sop_class_uid, r.instance_number)
-                        for r in series_records
-                    ),
+                    (InstanceFacts(r.sop_uid, r.sop_class_uid, r.instance_number) for r in records),
                 )
             )
         if study_header is not None:
@@ -372,14 +311,6 @@ def _clinical_resources(
     return resources, extras
 
 
-def _all_study_uids(index: Any) -> list[str]:
-    for name in ("study_uids", "all_study_uids"):
-        method = getattr(index, name, None)
-        if callable(method):
-            return list(method())
-    raise SandboxError(f"{type(index).__name__} offers no way to list its studies")
-
-
 def build_clinical_resources(
     root: Path,
     index: Any,
@@ -409,7 +340,7 @@ def build_clinical_resources(
         cohort = json.loads(cohort_path.read_text()) if cohort_path.exists() else {}
     except (OSError, ValueError) as exc:
         raise SandboxError(f"cannot read {str(cohort_path)!r}: {exc}") from exc
-    studies = study_facts_from_index(index, _all_study_uids(index))
+    studies = study_facts_from_index(index, study_uids_in_index(index))
     clinical, extras = _clinical_resources(_visits(studies, cohort))
     imaging = build_imaging_resources(
         studies, endpoint_address=endpoint_address, study_extras=extras
@@ -552,7 +483,7 @@ def sync_imaging_from_index(
     list of str
         ``"Type/id"`` of every resource written.
     """
-    uids = list(study_uids) if study_uids is not None else _all_study_uids(index)
+    uids = list(study_uids) if study_uids is not None else study_uids_in_index(index)
     wanted = build_imaging_resources(
         study_facts_from_index(index, uids), endpoint_address=endpoint_address
     )

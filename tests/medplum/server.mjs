@@ -64,8 +64,12 @@ async function handle(req, body) {
   const url = new URL(req.url, `http://${req.headers.host ?? `${host}:${port}`}`);
   const origin = `${url.protocol}//${url.host}`;
   if (req.method === 'POST' && url.pathname === '/$validate') {
-    const issues = validateResource(body);
-    return [200, { resourceType: 'OperationOutcome', issue: issues }];
+    try {
+      return [200, { resourceType: 'OperationOutcome', issue: validateResource(body) }];
+    } catch (err) {
+      // validateResource throws an OperationOutcomeError carrying every issue it found
+      return [200, err?.outcome ?? outcome('invalid', String(err?.message ?? err))];
+    }
   }
   const [result, resource] = await router.handleRequest(
     {

@@ -1,0 +1,383 @@
+"""Cohort searches: imagingkit's embedded FHIR store vs a real FHIR engine (Medplum).
+
+Claim (issue 3): the embedded store answers typical cohort searches over a realistic
+volume — 20,000 ImagingStudy resources and their patients — at least as fast as a real
+FHIR engine, Medplum's FhirRouter over its in-memory repository (``tests/medplum``).
+
+Both servers run as their own processes on loopback and get the same resources, generated
+here (deterministic, R4 shape built by :mod:`imagingkit.sandbox.clinical_imaging`), loaded
+through transaction Bundles of PUTs (50 entries each, Medplum's limit) in the same run.
+Each search is then timed on both, interleaved, as the median of ``--runs`` runs of a
+full HTTP round trip. The table shows both times, their ratio (embedded / Medplum; < 1
+means the embedded store is faster) and each server's ``total``, so that a search one
+engine does not implement (Medplum's in-memory engine ignores chaining and ``_include``)
+is visible rather than silently fast.
+
+Run: ``.venv/bin/python bench/fhir_store_vs_medplum.py [--studies 20000] [--runs 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from medplum.launcher import (  # noqa: E402
+    MedplumServer,
+    medplum_missing_reason,
+    start_medplum,
+)
+from servers import start_imagingkit  # noqa: E402
+
+from imagingkit.sandbox.clinical import transaction_bundle  # noqa: E402
+from imagingkit.sandbox.clinical_imaging import (  # noqa: E402
+    InstanceFacts,
+    PatientFacts,
+    SeriesFacts,
+    StudyFacts,
+    dicomweb_endpoint,
+    imaging_study_resource,
+    patient_resource,
+)
+
+CHUNK = 50
+_FAMILIES = [
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+]
+_GIVEN = {
+    "F": [
+        "Mary",
+        "Patricia",
+        "Jennifer",
+        "Linda",
+        "Elizabeth",
+        "Barbara",
+        "Susan",
+        "Jessica",
+        "Sarah",
+        "Karen",
+    ],
+    "M": [
+        "James",
+        "Robert",
+        "John",
+        "Michael",
+        "David",
+        "William",
+        "Richard",
+        "Joseph",
+        "Thomas",
+        "Charles",
+    ],
+}
+#: (modality, body part, description, series modalities that may follow)
+_PROTOCOLS = (
+    ("CT", "CHEST", "CT chest", ("CT", "SEG", "SR")),
+    ("CT", "HEAD", "CT head", ("CT",)),
+    ("CT", "ABDOMEN", "CT abdomen", ("CT", "SEG")),
+    ("MR", "BRAIN", "MR brain", ("MR",)),
+    ("MR", "KNEE", "MR knee", ("MR",)),
+    ("MG", "BREAST", "Mammography", ("MG", "SR")),
+    ("DX", "CHEST", "Chest X-ray", ("DX",)),
+    ("US", "ABDOMEN", "US abdomen", ("US",)),
+    ("PT", "WHOLEBODY", "PET-CT", ("PT", "CT")),
+)
+_SOP_CLASS = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "MG": "1.2.840.10008.5.1.4.1.1.1.2",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+    "US": "1.2.840.10008.5.1.4.1.1.6.1",
+    "PT": "1.2.840.10008.5.1.4.1.1.128",
+    "SEG": "1.2.840.10008.5.1.4.1.1.66.4",
+    "SR": "1.2.840.10008.5.1.4.1.1.88.22",
+}
+_ROOT = "1.2.826.0.1.3680043.10.1031"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def generate(studies: int, seed: int = 20_000) -> list[dict[str, Any]]:
+    """Return an Endpoint, the patients and *studies* ImagingStudies (deterministic).
+
+    Each patient has 1–5 studies between 2010 and 2024; each study 1–4 series of 1–8
+    instances, from a mix of protocols (CT, MR, MG, DX, US, PET-CT).
+    """
+    rng = random.Random(seed)
+    facts: list[StudyFacts] = []
+    patient_number = 0
+    while len(facts) < studies:
+        patient_number += 1
+        sex = rng.choice("FM")
+        born = dt.date(1925, 1, 1) + dt.timedelta(days=rng.randrange(80 * 365))
+        patient = PatientFacts(
+            patient_id=f"BENCH{patient_number:06d}",
+            issuer="IMAGINGKIT-BENCH",
+            name=f"{rng.choice(_FAMILIES)}^{rng.choice(_GIVEN[sex])}",
+            birth_date=born.strftime("%Y%m%d"),
+            sex=sex,
+        )
+        for visit in range(min(rng.randint(1, 5), studies - len(facts))):
+            facts.append(_study(rng, patient, patient_number, visit))
+    resources = [dicomweb_endpoint("http://127.0.0.1/dicom-web")]
+    seen: set[str] = set()
+    for study in facts:
+        patient = patient_resource(study.patient)
+        if patient["id"] not in seen:
+            seen.add(patient["id"])
+            resources.append(patient)
+        resources.append(imaging_study_resource(study))
+    return resources
+
+
+def _study(rng: random.Random, patient: PatientFacts, number: int, visit: int) -> StudyFacts:
+    modality, body_part, description, follow = rng.choice(_PROTOCOLS)
+    uid = f"{_ROOT}.{number}.{visit + 1}"
+    day = dt.date(2010, 1, 1) + dt.timedelta(days=rng.randrange(15 * 365))
+    series = []
+    for index in range(rng.randint(1, 4)):
+        series_modality = modality if index == 0 else rng.choice(follow)
+        series_uid = f"{uid}.{index + 1}"
+        series.append(
+            SeriesFacts(
+                uid=series_uid,
+                modality=series_modality,
+                number=index + 1,
+                description=f"{description} series {index + 1}",
+                body_part=body_part,
+                instances=tuple(
+                    InstanceFacts(f"{series_uid}.{i}", _SOP_CLASS[series_modality], i)
+                    for i in range(1, rng.randint(1, 8) + 1)
+                ),
+            )
+        )
+    return StudyFacts(
+        uid=uid,
+        patient=patient,
+        accession=f"A{number:06d}{visit + 1}",
+        date=day.strftime("%Y%m%d"),
+        time=f"{rng.randint(7, 19):02d}{rng.randint(0, 59):02d}00",
+        description=description,
+        series=tuple(series),
+    )
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Engine:
+    """A FHIR base URL under test and how to stop it."""
+
+    name: str
+    base: str
+    session: requests.Session
+    stop: Callable[[], object]
+
+    def get(self, url: str) -> dict[str, Any]:
+        absolute = url if url.startswith("http") else self.base + url
+        response = self.session.get(
+            absolute, headers={"Accept": "application/fhir+json"}, timeout=600
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def load(self, resources: Sequence[dict[str, Any]]) -> float:
+        """PUT *resources* in transaction Bundles of CHUNK; return the seconds taken."""
+        started = time.perf_counter()
+        for start in range(0, len(resources), CHUNK):
+            bundle = transaction_bundle(resources[start : start + CHUNK])
+            response = self.session.post(
+                self.base,
+                json=bundle,
+                headers={"Content-Type": "application/fhir+json"},
+                timeout=600,
+            )
+            if response.status_code != 200:
+                raise SystemExit(f"{self.name} refused a transaction: {response.text[:500]}")
+        return time.perf_counter() - started
+
+
+def start_embedded(workdir: Path) -> Engine:
+    """``imagingkit serve --dicom-dir <empty folder>``: its FHIR store starts empty."""
+    folder = workdir / "dicom"
+    folder.mkdir()
+    server = start_imagingkit(
+        ["--dicom-dir", str(folder), "--port=0", f"--data-dir={workdir / 'data'}"],
+        log=workdir / "serve.log",
+        data_dir=workdir / "data",
+    )
+    if "fhir" not in server.mounts:
+        server.stop()
+        raise SystemExit("imagingkit serve mounts no /fhir/ yet")
+    return Engine("embedded", server.mounts["fhir"], requests.Session(), server.stop)
+
+
+def start_reference() -> Engine:
+    reason = medplum_missing_reason()
+    if reason:
+        raise SystemExit(reason)
+    server: MedplumServer = start_medplum(timeout=120)
+    return Engine("Medplum", server.url, server.session, server.stop)
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def page_through(engine: Engine, url: str) -> tuple[int, int | None]:
+    """Follow ``next`` links from *url*; return (entries seen, Bundle.total)."""
+    seen, total, pages = 0, None, 0
+    next_url: str | None = url
+    while next_url and pages < 10_000:
+        bundle = engine.get(next_url)
+        pages += 1
+        total = bundle.get("total", total)
+        seen += sum(
+            1
+            for e in bundle.get("entry", [])
+            if e.get("search", {}).get("mode", "match") == "match"
+        )
+        links = bundle.get("link", [])
+        next_url = next((k["url"] for k in links if k["relation"] == "next"), None)
+    return seen, total
+
+
+def one_page(engine: Engine, url: str) -> tuple[int, int | None]:
+    bundle = engine.get(url)
+    return len(bundle.get("entry", [])), bundle.get("total")
+
+
+SEARCHES: list[tuple[str, str, Callable[[Engine, str], tuple[int, int | None]]]] = [
+    ("CT since 2020", "ImagingStudy?modality=CT&started=ge2020&_count=100", one_page),
+    ("women born before 1960", "Patient?gender=female&birthdate=lt1960&_count=100", one_page),
+    ("studies of women (chained)", "ImagingStudy?patient.gender=female&_count=100", one_page),
+    (
+        "MR + _include patient",
+        "ImagingStudy?modality=MR&_include=ImagingStudy:patient&_count=100",
+        one_page,
+    ),
+    ("page through all CT (_count=500)", "ImagingStudy?modality=CT&_count=500", page_through),
+    ("count MG (_summary=count)", "ImagingStudy?modality=MG&_summary=count", one_page),
+    ("study by Study UID", f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{_ROOT}.77.1", one_page),
+    ("studies of one patient", "ImagingStudy?subject=Patient/{patient}", one_page),
+    ("family name prefix", "Patient?family=rob&_count=100", one_page),
+    ("latest 50 studies (_sort)", "ImagingStudy?_sort=-started&_count=50", one_page),
+]
+
+
+def measure(
+    engines: Sequence[Engine], query: str, run: Callable[[Engine, str], Any], runs: int
+) -> dict[str, tuple[float, Any]]:
+    times: dict[str, list[float]] = {e.name: [] for e in engines}
+    answers: dict[str, Any] = {}
+    for _ in range(runs):
+        for engine in engines:  # interleaved, so drift hits both alike
+            started = time.perf_counter()
+            answers[engine.name] = run(engine, query)
+            times[engine.name].append(time.perf_counter() - started)
+    return {name: (statistics.median(values), answers[name]) for name, values in times.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    resources = generate(args.studies)
+    patients = sum(r["resourceType"] == "Patient" for r in resources)
+    print(
+        f"generated {args.studies} ImagingStudy + {patients} Patient resources "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    first_patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+
+    with tempfile.TemporaryDirectory(prefix="imagingkit-bench-fhir-") as tmp:
+        engines = [start_embedded(Path(tmp)), start_reference()]
+        try:
+            for engine in engines:
+                seconds = engine.load(resources)
+                print(
+                    f"loaded into {engine.name:<8} in {seconds:7.1f} s "
+                    f"({len(resources) / seconds:,.0f} resources/s)"
+                )
+            print()
+            print(f"python {platform.python_version()}, {platform.machine()}, runs={args.runs}")
+            header = (
+                f"{'search':<34} {'embedded ms':>12} {'Medplum ms':>11} {'ratio':>7} "
+                f"{'emb. total':>10} {'Mp. total':>10}"
+            )
+            print(header)
+            print("-" * len(header))
+            for label, template, run in SEARCHES:
+                query = template.format(patient=first_patient)
+                result = measure(engines, query, run, args.runs)
+                (emb_t, emb_a), (mp_t, mp_a) = result["embedded"], result["Medplum"]
+                print(
+                    f"{label:<34} {emb_t * 1000:12.1f} {mp_t * 1000:11.1f} "
+                    f"{emb_t / mp_t:7.2f} {_total(emb_a):>10} {_total(mp_a):>10}"
+                )
+        finally:
+            for engine in engines:
+                engine.stop()
+
+
+def _total(answer: tuple[int, int | None]) -> str:
+    count, total = answer
+    return str(total) if total is not None else f"{count} seen"
+
+
+if __name__ == "__main__":
+    main()
