@@ -10,8 +10,12 @@ any DICOMweb server (the embedded stores by default):
   ``started=ge…``/``le…``, ``modality=…`` and ``_sort=-started`` (FHIR R4 §3.1.1.4;
   ImagingStudy search parameters). The same filters are applied again to what comes
   back, so a server that ignores a parameter cannot widen the result.
-* If FHIR is unreachable, errs or finds nothing, QIDO-RS
-  ``/studies?PatientID=…&StudyDate=…`` (PS3.18 §10.6) is asked instead.
+* If FHIR is unreachable, errs, finds nothing, or finds several patients with that
+  value in different identifier systems while the request names an issuer, QIDO-RS
+  ``/studies?PatientID=…&StudyDate=…`` (PS3.18 §10.6) is asked instead; its results
+  are kept when their IssuerOfPatientID is empty or equals the request's issuer.
+* A patient ID that matches several patients and comes without an issuer is refused
+  (``IIDError`` with status 409) rather than showing another patient's images.
 * accessionNumber → ``/studies?AccessionNumber=…`` (QIDO-RS).
 
 The result is most recent first, cut to ``mostRecentResults``.
@@ -34,6 +38,10 @@ from imagingkit.uids import is_valid_uid
 
 __all__ = ["HTTPStudyResolver", "StudyMatch", "StudyResolver", "filter_studies"]
 
+#: StudyDate, StudyTime
+_DATE_FIELDS = ("00080020", "00080030")
+#: … and ModalitiesInStudy, IssuerOfPatientID, PatientName, PatientBirthDate
+_PATIENT_FIELDS = (*_DATE_FIELDS, "00080061", "00100021", "00100010", "00100030")
 #: pages followed at most in one search (FHIR ``next`` links, QIDO offsets)
 MAX_PAGES = 20
 PAGE_SIZE = 100
@@ -336,13 +344,25 @@ class HTTPStudyResolver:
         assert pid is not None
         params = [("PatientID", pid.value)]
         if request.lower_datetime or request.upper_datetime:
-            low = request.lower_datetime.strftime("%Y%m%d") if request.lower_datetime else ""
-            high = request.upper_datetime.strftime("%Y%m%d") if request.upper_datetime else ""
-            params.append(("StudyDate", f"{low}-{high}"))
-        params.append(("includefield", "00080020,00080030,00080061,00100021,00100010,00100030"))
+            # StudyDate has no time zone: ask a day wider, then filter exactly below
+            day = timedelta(days=1)
+            low = request.lower_datetime
+            high = request.upper_datetime
+            params.append(
+                (
+                    "StudyDate",
+                    f"{(low - day).strftime('%Y%m%d') if low else ''}-"
+                    f"{(high + day).strftime('%Y%m%d') if high else ''}",
+                )
+            )
+        # one includefield per attribute: some servers (Orthanc 1.10) do not decode %2C
+        params += [("includefield", tag) for tag in _PATIENT_FIELDS]
         matches = []
+        issuers: set[str] = set()
         for dataset in await self._qido(params):
-            issuer = _first(dataset, "00100021")
+            if _first(dataset, "00100020") not in (None, pid.value):
+                continue  # a server that ignored the filter
+            issuer = _first(dataset, "00100021") or ""
             if issuer and pid.issuer and issuer not in (pid.namespace, pid.universal_id):
                 continue
             birth = _first(dataset, "00100030")
@@ -356,6 +376,13 @@ class HTTPStudyResolver:
             match = qido_match(dataset)
             if match is not None:
                 matches.append(match)
+                issuers.add(issuer)
+        if not pid.issuer and len(issuers) > 1:
+            raise IIDError(
+                f"patientID {pid.value!r} belongs to patients of {len(issuers)} issuers; "
+                "give its assigning authority (e.g. ID^^^ISSUER)",
+                status=409,
+            )
         return matches
 
     # -- public ---------------------------------------------------------------------
@@ -370,19 +397,24 @@ class HTTPStudyResolver:
             ambiguous (status 409).
         """
         problems: list[str] = []
+        pid = request.patient_id
+        assert pid is not None
         if self.fhir_base:
             try:
                 found = filter_studies(await self._studies_fhir(request), request)
                 if found:
                     return found
             except IIDError as exc:
-                if exc.status == 409:
+                # ambiguous in FHIR: DICOM's IssuerOfPatientID may still tell them apart
+                if exc.status == 409 and not (pid.issuer and self.dicomweb_base):
                     raise
                 problems.append(f"FHIR: {_brief(exc)}")
         if self.dicomweb_base:
             try:
                 return filter_studies(await self._studies_qido(request), request)
             except IIDError as exc:
+                if exc.status == 409:
+                    raise
                 problems.append(f"QIDO-RS: {_brief(exc)}")
         if problems:
             raise IIDError(
@@ -402,7 +434,7 @@ class HTTPStudyResolver:
         for number in accession_numbers:
             try:
                 results = await self._qido(
-                    [("AccessionNumber", number), ("includefield", "00080020,00080030")]
+                    [("AccessionNumber", number), *(("includefield", t) for t in _DATE_FIELDS)]
                 )
             except IIDError as exc:
                 raise IIDError(

@@ -381,6 +381,12 @@ class TemplateAdapter(ViewerAdapter):
         literal = _PLACEHOLDER.split(url)[0]
         parts = urlsplit(literal)
         if parts.scheme or parts.netloc:
+            if parts.scheme not in ("http", "https") or not literal.startswith(
+                f"{parts.scheme}://"
+            ):
+                raise ConfigError(
+                    f"URL template {url!r} must start with http(s)://host/ or a single '/'"
+                )
             # the fixed head must reach at least the '/' that ends the host
             host_end = literal.find("/", len(parts.scheme) + 3)
             if host_end < 0:
@@ -661,7 +667,8 @@ def viewer_url(
     patient_name, accession_number : str, optional
         For URL templates.
     registry : ViewerRegistry, optional
-        Where names are looked up; default :func:`load_viewers`.
+        Where names are looked up first; default: the file named by
+        ``$IMAGINGKIT_VIEWERS``, if set.
     lenient : bool
         Accept UIDs that break PS3.5 §9.1 the way real archives do.
 
@@ -699,12 +706,14 @@ def viewer_url(
 
 
 def _named(name: str, registry: ViewerRegistry | None, dicomweb_base: str) -> ViewerAdapter:
-    registry = registry if registry is not None else load_viewers()
-    if name in registry.viewers:
+    if registry is None and os.environ.get(VIEWERS_ENV):
+        registry = load_viewers()
+    if registry is not None and name in registry.viewers:
         return registry.viewers[name]
     if name in ADAPTERS:
         return ADAPTERS[name].for_dicomweb(dicomweb_base)
+    configured = ", ".join(registry.names()) if registry is not None else "none"
     raise ConfigError(
-        f"viewer {name!r} is neither configured ({', '.join(registry.names())}) "
+        f"viewer {name!r} is neither configured ({configured}) "
         f"nor a known type ({', '.join(ADAPTERS)})"
     )

@@ -1,6 +1,6 @@
 // imagingkit built-in viewer: lists a study's series (QIDO-RS, PS3.18 §10.6) and pages
 // through its frames as WADO-RS rendered images (PS3.18 §9.5, window= §8.3.5.1.4).
-// No dependencies; all text is written with textContent (never innerHTML).
+// No dependencies; all text is written with textContent, never as markup.
 "use strict";
 
 (function () {
