@@ -7,6 +7,7 @@ script can wait for the ``ready`` line), and stops cleanly on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 import sys
@@ -56,6 +57,7 @@ def build_components(
     from imagingkit.fhircast.hub import FhircastHub
     from imagingkit.iid.facade import IidFacade
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
+    from imagingkit.sandbox.fhir import FhirStore
     from imagingkit.sandbox.generate import ensure_sandbox
     from imagingkit.viewer import BuiltinViewer
 
@@ -66,10 +68,13 @@ def build_components(
         if not root.is_dir():
             raise SandboxError(f"--dicom-dir {str(root)!r} is not a folder")
         store = DicomWebStore.for_folder(root, settings=settings)
+        fhir_name = "folder-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
     else:
         root = ensure_sandbox(settings.data_dir, size=size, seed=seed)
         store = DicomWebStore.for_folder(root, settings=settings)
-    return [store, IidFacade(timeout=settings.timeout), BuiltinViewer(), FhircastHub()]
+        fhir_name = f"sandbox-{size}-{seed}"
+    fhir = FhirStore.for_data_dir(settings.data_dir, fhir_name, settings=settings)
+    return [store, fhir, IidFacade(timeout=settings.timeout), BuiltinViewer(), FhircastHub()]
 
 
 def serve(

@@ -1,0 +1,266 @@
+"""Every RESTful interaction of the store, request data in, :class:`Response` out (R4 http).
+
+Tornado handlers (:mod:`.handlers`) and Bundle processing (:mod:`.bundle`) both call these,
+so a transaction entry behaves exactly like the same request sent alone. Conditional
+interactions (R4 http §3.1.0.4.3, §3.1.0.7.1, §3.1.0.8.1) are answered with a search:
+
+- conditional create (``If-None-Exist`` / ``ifNoneExist``): no match → create; one →
+  200 with the existing resource; several → 412;
+- conditional update (``PUT Type?query``): no match → create; one → update it; several →
+  412;
+- conditional delete (``DELETE Type?query``): deletes the single match; several → 412.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from imagingkit.errors import InvalidInputError
+from imagingkit.sandbox.fhir.dates import date_range
+from imagingkit.sandbox.fhir.outcome import fhir_error, operation_outcome
+from imagingkit.sandbox.fhir.references import TYPE_RE, check_id
+from imagingkit.sandbox.fhir.repository import Repository, check_type, validate_resource
+from imagingkit.sandbox.fhir.representation import BaseUrls, portable, rendered
+from imagingkit.sandbox.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
+from imagingkit.sandbox.fhir.searchset import Searcher, history_bundle
+from imagingkit.sandbox.fhir.storage import Storage, Stored
+
+__all__ = ["Interactions", "Response", "status_line"]
+
+
+def status_line(status: int) -> str:
+    """``201`` → ``"201 Created"`` (Bundle.entry.response.status)."""
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+@dataclass
+class Response:
+    """The outcome of one interaction.
+
+    Attributes
+    ----------
+    status : int
+        HTTP status.
+    body : dict or None
+        Resource, Bundle or OperationOutcome to return.
+    stored : Stored or None
+        The version read or written (for ETag, Last-Modified, Location).
+    """
+
+    status: int
+    body: dict[str, Any] | None
+    stored: Stored | None = None
+
+    @property
+    def location(self) -> str | None:
+        """``Type/id/_history/n`` of a written version."""
+        s = self.stored
+        if s is None:
+            return None
+        return f"{s.type}/{s.id}/_history/{s.version}"
+
+
+class Interactions:
+    """The store's interactions over one database.
+
+    Parameters
+    ----------
+    storage : Storage
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.repository = Repository(storage)
+        self.searcher = Searcher(storage)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _show(self, stored: Stored, urls: BaseUrls | None) -> dict[str, Any]:
+        return rendered(stored.resource(), urls)
+
+    def find(self, type_: str, query: str | list[tuple[str, str]]) -> list[Stored]:
+        """Return the current resources of *type_* matching a search (for conditionals)."""
+        params = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else query
+        if not params:
+            raise InvalidInputError(f"a conditional {type_} interaction needs search criteria")
+        request = parse_search(type_, params, strict=True)
+        rids = self.searcher.match_rids(request)
+        found = self.storage.by_rids(rids[:2])
+        return [found[r] for r in rids[:2] if r in found]
+
+    # -- instance interactions ----------------------------------------------------------
+
+    def read(self, type_: str, id_: str, urls: BaseUrls | None) -> Response:
+        """R4 http §3.1.0.2 read."""
+        stored = self.repository.read(type_, id_)
+        return Response(200, self._show(stored, urls), stored)
+
+    def vread(self, type_: str, id_: str, version: str, urls: BaseUrls | None) -> Response:
+        """R4 http §3.1.0.3 vread."""
+        stored = self.repository.vread(type_, id_, version)
+        return Response(200, self._show(stored, urls), stored)
+
+    def create(
+        self,
+        type_: str | None,
+        resource: Any,
+        urls: BaseUrls | None,
+        *,
+        if_none_exist: str | None = None,
+        id_: str | None = None,
+        pending: Collection[str] = (),
+    ) -> Response:
+        """R4 http §3.1.0.6 create, with conditional create when *if_none_exist* is given."""
+        resource = validate_resource(resource, type_)
+        rtype = resource["resourceType"]
+        with self.storage.transaction():
+            if if_none_exist:
+                existing = self.find(rtype, if_none_exist)
+                if len(existing) > 1:
+                    raise fhir_error(
+                        412, f"If-None-Exist {if_none_exist!r} matches several {rtype} resources"
+                    )
+                if existing:
+                    return Response(200, self._show(existing[0], urls), existing[0])
+            portable(resource, urls)
+            stored = self.repository.create(resource, id_=id_, pending=pending)
+        return Response(201, self._show(stored, urls), stored)
+
+    def update(
+        self,
+        type_: str,
+        id_: str,
+        resource: Any,
+        urls: BaseUrls | None,
+        *,
+        if_match: str | None = None,
+        pending: Collection[str] = (),
+        removed: Collection[str] = (),
+    ) -> Response:
+        """R4 http §3.1.0.4 update, including create-on-update with a client id."""
+        resource = validate_resource(resource, type_)
+        portable(resource, urls)
+        stored, created = self.repository.update(
+            type_, id_, resource, if_match=if_match, pending=pending, removed=removed
+        )
+        return Response(201 if created else 200, self._show(stored, urls), stored)
+
+    def conditional_update(
+        self, type_: str, query: str, resource: Any, urls: BaseUrls | None
+    ) -> Response:
+        """R4 http §3.1.0.4.3 conditional update ``PUT Type?criteria``."""
+        check_type(type_)
+        with self.storage.transaction():
+            matches = self.find(type_, query)
+            if len(matches) > 1:
+                raise fhir_error(412, f"{type_}?{query} matches several resources")
+            if matches:
+                return self.update(type_, matches[0].id, resource, urls)
+            body = validate_resource(resource, type_)
+            if "id" in body:
+                return self.update(type_, body["id"], body, urls)
+            return self.create(type_, body, urls)
+
+    def delete(self, type_: str, id_: str, *, if_match: str | None = None) -> Response:
+        """R4 http §3.1.0.7 delete; 200 with an OperationOutcome either way."""
+        stored = self.repository.delete(type_, id_, if_match=if_match)
+        text = f"deleted {type_}/{id_}" if stored else f"{type_}/{id_} did not exist"
+        return Response(
+            200, operation_outcome(text, severity="information", code="informational"), stored
+        )
+
+    def conditional_delete(self, type_: str, query: str) -> Response:
+        """R4 http §3.1.0.7.1 conditional delete (one match at most)."""
+        check_type(type_)
+        with self.storage.transaction():
+            matches = self.find(type_, query)
+            if len(matches) > 1:
+                raise fhir_error(412, f"{type_}?{query} matches several resources")
+            if not matches:
+                return Response(
+                    200,
+                    operation_outcome(
+                        f"no {type_} matched {query!r}",
+                        severity="information",
+                        code="informational",
+                    ),
+                )
+            return self.delete(type_, matches[0].id)
+
+    # -- searches and histories ---------------------------------------------------------
+
+    def search(
+        self,
+        type_: str,
+        params: list[tuple[str, str]],
+        urls: BaseUrls,
+        *,
+        strict: bool = False,
+    ) -> Response:
+        """R4 http §3.1.0.10 search (GET or POST ``_search``): a searchset Bundle."""
+        check_type(type_)
+        request = parse_search(type_, params, strict=strict)
+        return Response(200, self.searcher.bundle(request, urls))
+
+    def history(
+        self,
+        type_: str | None,
+        id_: str | None,
+        params: list[tuple[str, str]],
+        urls: BaseUrls,
+    ) -> Response:
+        """R4 http §3.1.0.13 history (instance, type or system)."""
+        if type_ is not None:
+            check_type(type_)
+        if type_ and id_ and self.storage.current(type_, id_) is None:
+            raise fhir_error(404, f"{type_}/{id_} is not known")
+        count, since_ms, since_text, before = DEFAULT_COUNT, None, None, None
+        for name, value in params:
+            try:
+                if name == "_count":
+                    count = max(1, min(MAX_COUNT, int(value)))
+                elif name == "_since":
+                    since_ms, since_text = date_range(value, what="_since")[0], value
+                elif name == "_before":
+                    before = int(value)
+            except ValueError:
+                raise InvalidInputError(
+                    f"history parameter {name}={value!r} is malformed"
+                ) from None
+        bundle = history_bundle(
+            self.storage,
+            urls,
+            type_=type_,
+            id_=id_,
+            since_ms=since_ms,
+            since_text=since_text,
+            count=count,
+            before_seq=before,
+        )
+        return Response(200, bundle)
+
+    # -- a request given as a relative URL (Bundle entries) -----------------------------
+
+    def get(self, url: str, urls: BaseUrls, *, strict: bool = False) -> Response:
+        """Answer a GET named by a relative URL, as in ``Bundle.entry.request.url``."""
+        parts = urlsplit(url)
+        path = [p for p in parts.path.strip("/").split("/") if p]
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        if len(path) == 1 and TYPE_RE.match(path[0]):
+            return self.search(path[0], params, urls, strict=strict)
+        if len(path) == 2 and path[1] == "_history":
+            return self.history(path[0], None, params, urls)
+        if len(path) == 2:
+            return self.read(path[0], check_id(path[1]), urls)
+        if len(path) == 3 and path[2] == "_history":
+            return self.history(path[0], check_id(path[1]), params, urls)
+        if len(path) == 4 and path[2] == "_history":
+            return self.vread(path[0], check_id(path[1]), path[3], urls)
+        raise InvalidInputError(f"cannot answer GET {url!r}")

@@ -1,0 +1,77 @@
+"""Run the app on a loopback port in a background thread, for tests and notebooks.
+
+>>> with serving([store]) as origin:          # doctest: +SKIP
+...     requests.get(f"{origin}/fhir/metadata")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import tornado.httpserver
+import tornado.netutil
+
+from imagingkit.server.app import Component, make_app
+
+__all__ = ["serving"]
+
+
+@contextmanager
+def serving(
+    components: Sequence[Component], *, base_url: str = "/", timeout: float = 10.0
+) -> Iterator[str]:
+    """Serve *components* on ``127.0.0.1`` (a free port) until the block ends.
+
+    Parameters
+    ----------
+    components : sequence of Component
+    base_url : str
+        The app's path prefix (e.g. ``"/user/x/imagingkit/"`` as under Jupyter).
+    timeout : float
+        Seconds to wait for the server to start and to stop.
+
+    Yields
+    ------
+    str
+        The origin, e.g. ``"http://127.0.0.1:41234"`` (no trailing slash).
+    """
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def start() -> None:
+            app = make_app(components, base_url=base_url)
+            sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
+            server = tornado.httpserver.HTTPServer(app, max_body_size=2**31)
+            server.add_sockets(sockets)
+            state["port"] = sockets[0].getsockname()[1]
+            state["server"] = server
+            state["stop"] = asyncio.Event()
+            ready.set()
+            await state["stop"].wait()  # type: ignore[attr-defined]
+            server.stop()
+            await asyncio.wait_for(server.close_all_connections(), timeout=timeout)
+
+        state["loop"] = loop
+        try:
+            loop.run_until_complete(start())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="imagingkit-test-server", daemon=True)
+    thread.start()
+    if not ready.wait(timeout):
+        raise RuntimeError("the test server did not start in time")
+    try:
+        yield f"http://127.0.0.1:{state['port']}"
+    finally:
+        loop = state["loop"]
+        stop = state["stop"]
+        loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
+        thread.join(timeout)
