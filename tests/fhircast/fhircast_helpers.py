@@ -16,6 +16,8 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from imagingkit.fhircast.protocol import Event, format_timestamp
+
 WAIT = 10.0  # seconds any single wait may take before the test fails
 
 PATIENT = {"resourceType": "Patient", "id": "pat-1", "identifier": [{"value": "MRN-1"}]}
@@ -79,7 +81,7 @@ def event_message(
     event: dict[str, Any] = {"hub.topic": topic, "hub.event": name, "context": context}
     event.update(event_members)
     return {
-        "timestamp": timestamp or time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "timestamp": timestamp or format_timestamp(),
         "id": event_id or str(uuid.uuid4()),
         "event": event,
     }
@@ -261,7 +263,9 @@ class FakeClock:
         self.now += seconds
 
 
-def sync_error_codes(message: dict[str, Any]) -> dict[str, str]:
+def sync_error_codes(message: dict[str, Any] | Event) -> dict[str, str]:
+    if isinstance(message, Event):
+        message = message.to_json()
     outcome = message["event"]["context"][0]["resource"]
     issue = outcome["issue"][0]
     return {c["system"].rsplit("/", 1)[-1]: c["code"] for c in issue["details"]["coding"]}
