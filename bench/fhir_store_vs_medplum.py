@@ -5,7 +5,8 @@ volume — 20,000 ImagingStudy resources and their patients — at least as fast
 FHIR engine, Medplum's FhirRouter over its in-memory repository (``tests/medplum``).
 
 Both servers run as their own processes on loopback and get the same resources, generated
-here (deterministic, R4 shape built by :mod:`imagingkit.sandbox.clinical_imaging`), loaded
+here (deterministic, :func:`imagingkit.sandbox.clinical_scale.synthetic_record`: the
+sandbox's R4 shape), loaded
 through transaction Bundles of PUTs (50 entries each, Medplum's limit) in the same run.
 Each search is then timed on both, interleaved, as the median of ``--runs`` runs of a
 full HTTP round trip. The table shows both times, their ratio (embedded / Medplum; < 1
@@ -19,9 +20,7 @@ Run: ``.venv/bin/python bench/fhir_store_vs_medplum.py [--studies 20000] [--runs
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -44,172 +43,10 @@ from medplum.launcher import (  # noqa: E402
 from servers import start_imagingkit  # noqa: E402
 
 from imagingkit.sandbox.clinical import transaction_bundle  # noqa: E402
-from imagingkit.sandbox.clinical_imaging import (  # noqa: E402
-    InstanceFacts,
-    PatientFacts,
-    SeriesFacts,
-    StudyFacts,
-    dicomweb_endpoint,
-    imaging_study_resource,
-    patient_resource,
-)
+from imagingkit.sandbox.clinical_scale import synthetic_record  # noqa: E402
 
 CHUNK = 50
-_FAMILIES = [
-    "Smith",
-    "Johnson",
-    "Williams",
-    "Brown",
-    "Jones",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Rodriguez",
-    "Martinez",
-    "Hernandez",
-    "Lopez",
-    "Gonzalez",
-    "Wilson",
-    "Anderson",
-    "Thomas",
-    "Taylor",
-    "Moore",
-    "Jackson",
-    "Martin",
-    "Lee",
-    "Perez",
-    "Thompson",
-    "White",
-    "Harris",
-    "Sanchez",
-    "Clark",
-    "Ramirez",
-    "Lewis",
-    "Robinson",
-    "Walker",
-    "Young",
-    "Allen",
-    "King",
-    "Wright",
-    "Scott",
-]
-_GIVEN = {
-    "F": [
-        "Mary",
-        "Patricia",
-        "Jennifer",
-        "Linda",
-        "Elizabeth",
-        "Barbara",
-        "Susan",
-        "Jessica",
-        "Sarah",
-        "Karen",
-    ],
-    "M": [
-        "James",
-        "Robert",
-        "John",
-        "Michael",
-        "David",
-        "William",
-        "Richard",
-        "Joseph",
-        "Thomas",
-        "Charles",
-    ],
-}
-#: (modality, body part, description, series modalities that may follow)
-_PROTOCOLS = (
-    ("CT", "CHEST", "CT chest", ("CT", "SEG", "SR")),
-    ("CT", "HEAD", "CT head", ("CT",)),
-    ("CT", "ABDOMEN", "CT abdomen", ("CT", "SEG")),
-    ("MR", "BRAIN", "MR brain", ("MR",)),
-    ("MR", "KNEE", "MR knee", ("MR",)),
-    ("MG", "BREAST", "Mammography", ("MG", "SR")),
-    ("DX", "CHEST", "Chest X-ray", ("DX",)),
-    ("US", "ABDOMEN", "US abdomen", ("US",)),
-    ("PT", "WHOLEBODY", "PET-CT", ("PT", "CT")),
-)
-_SOP_CLASS = {
-    "CT": "1.2.840.10008.5.1.4.1.1.2",
-    "MR": "1.2.840.10008.5.1.4.1.1.4",
-    "MG": "1.2.840.10008.5.1.4.1.1.1.2",
-    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
-    "US": "1.2.840.10008.5.1.4.1.1.6.1",
-    "PT": "1.2.840.10008.5.1.4.1.1.128",
-    "SEG": "1.2.840.10008.5.1.4.1.1.66.4",
-    "SR": "1.2.840.10008.5.1.4.1.1.88.22",
-}
-_ROOT = "1.2.826.0.1.3680043.10.1031"
-
-
-# --------------------------------------------------------------------------- data
-
-
-def generate(studies: int, seed: int = 20_000) -> list[dict[str, Any]]:
-    """Return an Endpoint, the patients and *studies* ImagingStudies (deterministic).
-
-    Each patient has 1–5 studies between 2010 and 2024; each study 1–4 series of 1–8
-    instances, from a mix of protocols (CT, MR, MG, DX, US, PET-CT).
-    """
-    rng = random.Random(seed)
-    facts: list[StudyFacts] = []
-    patient_number = 0
-    while len(facts) < studies:
-        patient_number += 1
-        sex = rng.choice("FM")
-        born = dt.date(1925, 1, 1) + dt.timedelta(days=rng.randrange(80 * 365))
-        patient = PatientFacts(
-            patient_id=f"BENCH{patient_number:06d}",
-            issuer="IMAGINGKIT-BENCH",
-            name=f"{rng.choice(_FAMILIES)}^{rng.choice(_GIVEN[sex])}",
-            birth_date=born.strftime("%Y%m%d"),
-            sex=sex,
-        )
-        for visit in range(min(rng.randint(1, 5), studies - len(facts))):
-            facts.append(_study(rng, patient, patient_number, visit))
-    resources = [dicomweb_endpoint("http://127.0.0.1/dicom-web")]
-    seen: set[str] = set()
-    for study in facts:
-        patient = patient_resource(study.patient)
-        if patient["id"] not in seen:
-            seen.add(patient["id"])
-            resources.append(patient)
-        resources.append(imaging_study_resource(study))
-    return resources
-
-
-def _study(rng: random.Random, patient: PatientFacts, number: int, visit: int) -> StudyFacts:
-    modality, body_part, description, follow = rng.choice(_PROTOCOLS)
-    uid = f"{_ROOT}.{number}.{visit + 1}"
-    day = dt.date(2010, 1, 1) + dt.timedelta(days=rng.randrange(15 * 365))
-    series = []
-    for index in range(rng.randint(1, 4)):
-        series_modality = modality if index == 0 else rng.choice(follow)
-        series_uid = f"{uid}.{index + 1}"
-        series.append(
-            SeriesFacts(
-                uid=series_uid,
-                modality=series_modality,
-                number=index + 1,
-                description=f"{description} series {index + 1}",
-                body_part=body_part,
-                instances=tuple(
-                    InstanceFacts(f"{series_uid}.{i}", _SOP_CLASS[series_modality], i)
-                    for i in range(1, rng.randint(1, 8) + 1)
-                ),
-            )
-        )
-    return StudyFacts(
-        uid=uid,
-        patient=patient,
-        accession=f"A{number:06d}{visit + 1}",
-        date=day.strftime("%Y%m%d"),
-        time=f"{rng.randint(7, 19):02d}{rng.randint(0, 59):02d}00",
-        description=description,
-        series=tuple(series),
-    )
+SEED = 20_000
 
 
 # --------------------------------------------------------------------------- servers
@@ -309,7 +146,7 @@ SEARCHES: list[tuple[str, str, Callable[[Engine, str], tuple[int, int | None]]]]
     ),
     ("page through all CT (_count=500)", "ImagingStudy?modality=CT&_count=500", page_through),
     ("count MG (_summary=count)", "ImagingStudy?modality=MG&_summary=count", one_page),
-    ("study by Study UID", f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{_ROOT}.77.1", one_page),
+    ("study by Study UID", "ImagingStudy?identifier=urn:dicom:uid|urn:oid:{study_uid}", one_page),
     ("studies of one patient", "ImagingStudy?subject=Patient/{patient}", one_page),
     ("family name prefix", "Patient?family=rob&_count=100", one_page),
     ("latest 50 studies (_sort)", "ImagingStudy?_sort=-started&_count=50", one_page),
@@ -336,13 +173,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    resources = generate(args.studies)
+    resources = synthetic_record(args.studies, seed=SEED, clinical=False)
     patients = sum(r["resourceType"] == "Patient" for r in resources)
     print(
         f"generated {args.studies} ImagingStudy + {patients} Patient resources "
         f"in {time.perf_counter() - started:.1f} s"
     )
     first_patient = next(r["id"] for r in resources if r["resourceType"] == "Patient")
+    middle_study = [r for r in resources if r["resourceType"] == "ImagingStudy"][args.studies // 2]
+    study_uid = middle_study["identifier"][0]["value"].removeprefix("urn:oid:")
 
     with tempfile.TemporaryDirectory(prefix="imagingkit-bench-fhir-") as tmp:
         engines = [start_embedded(Path(tmp)), start_reference()]
@@ -362,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(header)
             print("-" * len(header))
             for label, template, run in SEARCHES:
-                query = template.format(patient=first_patient)
+                query = template.format(patient=first_patient, study_uid=study_uid)
                 result = measure(engines, query, run, args.runs)
                 (emb_t, emb_a), (mp_t, mp_a) = result["embedded"], result["Medplum"]
                 print(

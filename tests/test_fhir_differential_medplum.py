@@ -1,8 +1,9 @@
 """Differential tests: the embedded FHIR store against a real FHIR engine (issue 3 point 3).
 
-The same resources — the sandbox's clinical and imaging record plus a few edge cases
+The same resources — the sandbox's clinical and imaging record, a FHIR-only synthetic
+cohort of the same shape (:mod:`imagingkit.sandbox.clinical_scale`) and a few edge cases
 (partial dates, accents, apostrophes, a missing birth date, an Encounter across New Year)
-— are loaded into the embedded store (``imagingkit serve``'s ``/fhir/``) and into Medplum's
+— are loaded into the embedded store (:class:`FhirStore` served on loopback) and into Medplum's
 FhirRouter over its MemoryRepository (``tests/medplum/server.mjs``), both by transaction
 Bundles of PUTs, so ids are the same. Every search is run on both and must return the same
 resources and the same ``total``.
@@ -38,10 +39,13 @@ import pytest
 import requests
 from medplum.launcher import MedplumServer, medplum_missing_reason, put_bundles, start_medplum
 from medplum.spec import Dataset, date_matches, date_range, quantity_matches, string_matches
-from servers import ImagingkitServer, start_imagingkit
 
+from imagingkit.config import Settings
 from imagingkit.sandbox.clinical import build_clinical_resources, transaction_bundles
+from imagingkit.sandbox.clinical_scale import synthetic_record
 from imagingkit.sandbox.dicom_index import DicomIndex
+from imagingkit.sandbox.fhir import FhirStore
+from imagingkit.sandbox.fhir.testing import serving
 
 with warnings.catch_warnings():
     # registered in pyproject.toml's markers once the lead adds it; no warning meanwhile
@@ -50,6 +54,7 @@ with warnings.catch_warnings():
 
 Resource = dict[str, Any]
 MAX_PAGES = 500
+SYNTHETIC_STUDIES = 150
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
@@ -224,7 +229,10 @@ def resources(sandbox_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> li
         built = build_clinical_resources(sandbox_dir, index)
     finally:
         index.close()
-    return built + EDGE
+    # the small sandbox has ten studies: a FHIR-only synthetic cohort of the same shape
+    # gives every parameter enough values to tell right from wrong
+    more = [r for r in synthetic_record(SYNTHETIC_STUDIES, seed=7) if r["id"] != "dicomweb"]
+    return built + more + EDGE
 
 
 @pytest.fixture(scope="module")
@@ -238,21 +246,14 @@ def medplum_server() -> Generator[MedplumServer, None, None]:
 
 
 @pytest.fixture(scope="module")
-def embedded_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Generator[ImagingkitServer, None, None]:
-    workdir = tmp_path_factory.mktemp("diff-embedded")
-    (workdir / "dicom").mkdir()
-    server = start_imagingkit(
-        ["--dicom-dir", str(workdir / "dicom"), "--port=0", f"--data-dir={workdir / 'data'}"],
-        log=workdir / "serve.log",
-        data_dir=workdir / "data",
-    )
-    if "fhir" not in server.mounts:
-        server.stop()
-        pytest.fail("imagingkit serve mounts no /fhir/")
-    yield server
-    server.stop()
+def embedded_fhir(tmp_path_factory: pytest.TempPathFactory) -> Generator[str, None, None]:
+    """The embedded FHIR store, empty, served on loopback; yields its base URL."""
+    store = FhirStore(tmp_path_factory.mktemp("diff-embedded") / "fhir.sqlite", settings=Settings())
+    try:
+        with serving([store]) as origin:
+            yield f"{origin}/fhir/"
+    finally:
+        store.close()
 
 
 def _phase_boundary(after: float) -> str:
@@ -263,14 +264,14 @@ def _phase_boundary(after: float) -> str:
 
 @pytest.fixture(scope="module")
 def servers(
-    resources: list[Resource], medplum_server: MedplumServer, embedded_server: ImagingkitServer
+    resources: list[Resource], medplum_server: MedplumServer, embedded_fhir: str
 ) -> Servers:
     """Both servers loaded with the same resources, in two phases.
 
     Phase 2 (the DiagnosticReports) is written more than a second after ``ctx["T"]`` and
     phase 1 before it, so ``_lastUpdated`` can be compared on both.
     """
-    ours = Fhir(embedded_server.mounts["fhir"])
+    ours = Fhir(embedded_fhir)
     medplum = Fhir(medplum_server.url, medplum_server.session)
     first = [r for r in resources if r["resourceType"] != "DiagnosticReport"]
     second = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
@@ -665,8 +666,8 @@ CASES: list[Case] = [
         "eq uses the search value's implicit precision (Medplum: quantity unsupported)",
     ),
     Case(
-        "Encounter?length=gt119.5|http://unitsofmeasure.org|min",
-        select("Encounter", lambda c: quantity("length", "gt119.5|" + UCUM + "|min")),
+        "Encounter?length=gt199.5|http://unitsofmeasure.org|min",
+        select("Encounter", lambda c: quantity("length", "gt199.5|" + UCUM + "|min")),
         "quantity on a Duration (Medplum: quantity unsupported)",
     ),
     # ---- reference (R4 search.html#reference) --------------------------------------------
@@ -924,7 +925,7 @@ def _sort_key(resource: Resource, param: str) -> Any:
         ("Patient?_sort=gender,-birthdate", [("gender", False), ("birthdate", True)]),
         ("Patient?_sort=-birthdate,family", [("birthdate", True), ("family", False)]),
     ],
-    ids=lambda v: v if isinstance(v, str) else "",
+    ids=["birthdate", "-started", "gender,-birthdate", "-birthdate,family"],
 )
 def test_sort_orders_matches(query: str, keys: list[tuple[str, bool]], servers: Servers) -> None:
     """_sort (search.html#sort): keys in priority order, ``-`` descending.

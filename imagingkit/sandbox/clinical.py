@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from imagingkit.errors import SandboxError
+from imagingkit.errors import FHIRError, SandboxError
 from imagingkit.sandbox.clinical_imaging import (
     ENDPOINT_ID,
     InstanceFacts,
@@ -44,11 +44,13 @@ from imagingkit.sandbox.clinical_synthetic import (
     encounter_resource,
     observation_resources,
 )
+from imagingkit.sandbox.fhir.representation import PLACEHOLDER
 
 __all__ = [
     "DICOMWEB_BASE_PLACEHOLDER",
     "build_clinical_resources",
     "build_imaging_resources",
+    "clinical_record",
     "load_into",
     "study_facts_from_index",
     "study_uids_in_index",
@@ -59,8 +61,10 @@ __all__ = [
 
 log = logging.getLogger("imagingkit.sandbox.clinical")
 
-#: Written as Endpoint.address; the FHIR store renders it as the DICOMweb base it serves.
-DICOMWEB_BASE_PLACEHOLDER = "urn:imagingkit:dicomweb-base"
+#: Written as Endpoint.address; the FHIR store renders it as the DICOMweb base URL the
+#: client reached (:mod:`imagingkit.sandbox.fhir.representation`), so it stays right under
+#: ``--port 0`` and under Jupyter's base URL.
+DICOMWEB_BASE_PLACEHOLDER = PLACEHOLDER
 
 
 class _Record(Protocol):
@@ -341,6 +345,32 @@ def build_clinical_resources(
     except (OSError, ValueError) as exc:
         raise SandboxError(f"cannot read {str(cohort_path)!r}: {exc}") from exc
     studies = study_facts_from_index(index, study_uids_in_index(index))
+    return clinical_record(studies, cohort, endpoint_address=endpoint_address)
+
+
+def clinical_record(
+    studies: Sequence[StudyFacts],
+    cohort: Mapping[str, Any],
+    *,
+    endpoint_address: str = DICOMWEB_BASE_PLACEHOLDER,
+) -> list[dict[str, Any]]:
+    """The FHIR record of DICOM studies: imaging resources plus, for the studies *cohort*
+    gives a reason, the clinical record around them.
+
+    Parameters
+    ----------
+    studies : sequence of StudyFacts
+    cohort : mapping
+        ``cohort.json``'s content: ``seed`` and ``studies[]`` with ``StudyInstanceUID`` and
+        ``reason`` (``{}`` for imaging resources only).
+    endpoint_address : str
+        The Endpoint's address.
+
+    Returns
+    -------
+    list of dict
+        Endpoint first, then each patient's resources together, Patient first.
+    """
     clinical, extras = _clinical_resources(_visits(studies, cohort))
     imaging = build_imaging_resources(
         studies, endpoint_address=endpoint_address, study_extras=extras
@@ -502,8 +532,10 @@ def sync_imaging_from_index(
 def _read_or_none(store: Any, resource_type: str, resource_id: str) -> dict[str, Any] | None:
     try:
         found = store.read(resource_type, resource_id)
-    except Exception:  # the store's not-found error; anything else resurfaces on upsert
-        return None
+    except FHIRError as exc:
+        if exc.status in (404, 410):  # not there yet, or deleted
+            return None
+        raise
     if found is None:
         return None
     return dict(found) if isinstance(found, Mapping) else None

@@ -47,7 +47,18 @@ BODY_HEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyheight"
 BODY_WEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyweight"
 
 #: Words in a SNOMED CT display that mark an acute problem seen in the emergency department.
-_ACUTE_WORDS = ("stroke", "infarct", "hemorrhage", "haemorrhage", "fracture", "injury", "trauma")
+_ACUTE_WORDS = (
+    "cerebrovascular",
+    "stroke",
+    "infarct",
+    "hemorrhage",
+    "haemorrhage",
+    "fracture",
+    "injury",
+    "trauma",
+)
+#: Words marking a problem that began days (not months) before the imaging.
+_SUBACUTE_WORDS = ("pneumonia", "headache", "infection")
 
 _INTERPRETATION_DISPLAY = {"L": "Low", "N": "Normal", "H": "High"}
 
@@ -120,6 +131,11 @@ class VisitContext:
         """Id of the patient's Condition for this reason (one per patient and code)."""
         return fhir_id("cond", self.patient_id, self.reason.get("code", ""))
 
+    @property
+    def admitted(self) -> dt.datetime:
+        """Start of the visit: 100–200 minutes before the study."""
+        return self.started - dt.timedelta(minutes=self.rng("encounter").randint(100, 200))
+
     def finding_positive(self) -> bool:
         """Whether the report confirms the suspected problem (about two in three do)."""
         return self.rng("finding").random() < 0.65
@@ -147,11 +163,10 @@ def encounter_resource(visit: VisitContext) -> dict[str, Any]:
 
     ``reasonReference`` points at the Condition; ``length`` is a UCUM Duration in minutes.
     """
-    rng = visit.rng("encounter")
-    before = dt.timedelta(minutes=rng.randint(20, 90))
-    minutes = rng.randint(35, 240)
-    start = visit.started - before
-    end = start + dt.timedelta(minutes=minutes)
+    rng = visit.rng("encounter-end")
+    start = visit.admitted
+    end = visit.started + dt.timedelta(minutes=rng.randint(15, 120))
+    minutes = int((end - start).total_seconds() // 60)
     klass = (
         {"system": ACT_CODE, "code": "EMER", "display": "emergency"}
         if visit.acute
@@ -185,13 +200,16 @@ def encounter_resource(visit: VisitContext) -> dict[str, Any]:
 def condition_resource(visit: VisitContext, *, confirmed: bool) -> dict[str, Any]:
     """The problem that motivated the imaging (R4 Condition, SNOMED CT).
 
-    Its onset is before the study (hours for an acute problem, weeks to a year otherwise);
+    Its onset is before the study (hours for an acute problem, days for pneumonia or a
+    headache, weeks to a year otherwise);
     it was recorded at the imaging visit. A report that confirms the problem makes it
     ``active``/``confirmed``; one that does not makes it ``inactive``/``refuted``.
     """
     rng = visit.rng("condition")
     if visit.acute:
         onset = visit.started - dt.timedelta(hours=rng.randint(1, 10), minutes=rng.randint(0, 59))
+    elif any(word in visit.reason.get("display", "").lower() for word in _SUBACUTE_WORDS):
+        onset = visit.started - dt.timedelta(days=rng.randint(1, 14))
     else:
         onset = visit.started - dt.timedelta(days=rng.randint(7, 365))
     clinical = ("active", "Active") if confirmed else ("inactive", "Inactive")
@@ -348,10 +366,11 @@ def observation_resources(visit: VisitContext, *, with_height: bool) -> list[dic
 
     Weight, systolic blood pressure, creatinine (checked before contrast), hemoglobin and
     glucose at every visit; body height at the patient's first visit (*with_height*).
-    Vitals are taken on arrival, labs drawn 15–60 minutes later, all before the study.
+    Vitals are taken on arrival, labs drawn 15–60 minutes later, all within the visit and
+    before the study.
     """
     rng = visit.rng("observation-times")
-    arrival = visit.started - dt.timedelta(minutes=rng.randint(95, 180))
+    arrival = visit.admitted + dt.timedelta(minutes=rng.randint(5, 15))
     drawn = arrival + dt.timedelta(minutes=rng.randint(15, 60))
     values = _values(visit)
     measures = [_WEIGHT, _SYSTOLIC, _CREATININE, _HEMOGLOBIN, _GLUCOSE]
