@@ -39,7 +39,7 @@ import math
 import mmap
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -341,11 +341,16 @@ class DicomJsonHeader:
     dataset : dict
         The dataset (without group 0002) as DICOM JSON, stopped before the pixel data
         (which is present as a ``BulkDataURI`` only when *bulkdata_uri* was given).
+    header_length : int or None
+        Number of bytes before the pixel data (the whole file if it has none) when the
+        fast reader read the file, so ``source[:header_length]`` can be read again
+        later; ``None`` when pydicom read it.
     """
 
     transfer_syntax_uid: str
     has_preamble: bool
     dataset: DicomJson
+    header_length: int | None = None
 
 
 class _NeedPydicom(Exception):
@@ -361,6 +366,8 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: decoded even when not asked for, because decoding other elements depends on them
+_ALWAYS_DECODED = frozenset({0x00080005, _PIXEL_REPRESENTATION})
 
 
 def read_dicom_json(
@@ -368,6 +375,7 @@ def read_dicom_json(
     *,
     bulkdata_uri: BulkDataURIFactory | None = None,
     bulk_threshold: int | None = DEFAULT_BULK_THRESHOLD,
+    only: Collection[int] | None = None,
 ) -> DicomJsonHeader:
     """Read a DICOM file's header (everything before the pixel data) as DICOM JSON.
 
@@ -381,6 +389,10 @@ def read_dicom_json(
     bulkdata_uri, bulk_threshold
         As for :func:`dataset_to_dicom_json`; with *bulkdata_uri* the pixel data element is
         included as a ``BulkDataURI`` (tag path ``"7FE00010"``).
+    only : collection of int, optional
+        Decode only these top-level tags (and what their decoding needs); the fast reader
+        skips the values of all others, which makes indexing several times faster. The
+        pydicom fallback decodes everything and then keeps these.
 
     Returns
     -------
@@ -394,16 +406,17 @@ def read_dicom_json(
     OSError
         If the file cannot be read.
     """
+    wanted = None if only is None else frozenset(only) | _ALWAYS_DECODED
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _read_buffer(bytes(source), source, bulkdata_uri, bulk_threshold)
+        return _read_buffer(bytes(source), source, bulkdata_uri, bulk_threshold, wanted)
     path = Path(source)
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(0)
         if size <= 256 * 1024:
-            return _read_buffer(f.read(), path, bulkdata_uri, bulk_threshold)
+            return _read_buffer(f.read(), path, bulkdata_uri, bulk_threshold, wanted)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _read_buffer(mapped, path, bulkdata_uri, bulk_threshold)
+            return _read_buffer(mapped, path, bulkdata_uri, bulk_threshold, wanted)
 
 
 def _read_buffer(
@@ -411,14 +424,20 @@ def _read_buffer(
     source: Path | bytes | bytearray | memoryview,
     bulkdata_uri: BulkDataURIFactory | None,
     bulk_threshold: int | None,
+    only: frozenset[int] | None,
 ) -> DicomJsonHeader:
     try:
-        return _FastReader(buf, bulkdata_uri, bulk_threshold).read()
+        return _FastReader(buf, bulkdata_uri, bulk_threshold, only).read()
     except _NeedPydicom:
         pass
     except _Truncated as exc:
         raise InvalidDICOMError(f"DICOM header is truncated: {exc}") from None
-    return _read_with_pydicom(source, bulkdata_uri, bulk_threshold)
+    header = _read_with_pydicom(source, bulkdata_uri, bulk_threshold)
+    if only is None:
+        return header
+    keys = {f"{tag:08X}" for tag in only}
+    kept = {k: v for k, v in header.dataset.items() if k in keys}
+    return DicomJsonHeader(header.transfer_syntax_uid, header.has_preamble, kept)
 
 
 def _read_with_pydicom(
@@ -454,9 +473,11 @@ class _FastReader:
         buf: bytes | mmap.mmap,
         bulkdata_uri: BulkDataURIFactory | None,
         bulk_threshold: int | None,
+        only: frozenset[int] | None = None,
     ) -> None:
         self.buf = buf
         self.size = len(buf)
+        self.only = only
         self.bulkdata_uri = bulkdata_uri
         self.bulk_threshold = bulk_threshold
         self.encoding = _DEFAULT_TEXT_ENCODING
@@ -481,8 +502,8 @@ class _FastReader:
             self.implicit = True
         elif syntax in (_EXPLICIT_BE, *_DEFLATED) or not re.match(r"^[0-9.]+$", syntax):
             raise _NeedPydicom  # big-endian, deflated or unknown: pydicom reads those
-        dataset, _ = self._dataset(pos, self.size, "", top=True)
-        return DicomJsonHeader(syntax, has_preamble, dataset)
+        dataset, end = self._dataset(pos, self.size, "", top=True)
+        return DicomJsonHeader(syntax, has_preamble, dataset, end)
 
     def _read_meta(self, pos: int) -> tuple[tuple[str, str], int]:
         buf = self.buf
@@ -519,6 +540,7 @@ class _FastReader:
         unpack = struct.unpack_from
         size = self.size
         vr_codes = _VR_CODES
+        only = self.only
         while pos < end:
             if pos + 8 > size:
                 raise _Truncated(f"element header at byte {pos}")
@@ -529,7 +551,7 @@ class _FastReader:
                     return out, pos + 8
                 if top and tag in _PIXEL_TAGS:
                     self._pixel_entry(out, pos, tag)
-                    return out, size
+                    return out, pos
             if implicit:
                 length = unpack("<I", buf, pos + 4)[0]
                 pos += 8
@@ -550,6 +572,16 @@ class _FastReader:
                     vr = self._implicit_vr(tag, creators, pixel_rep)
                     if vr == "SQ":
                         raise _NeedPydicom  # an implicit-VR sequence inside UN
+            if top and only is not None and tag not in only:
+                if length == 0xFFFFFFFF:
+                    if vr != "SQ":
+                        raise _NeedPydicom
+                    pos = self._skip_sequence(pos)
+                else:
+                    pos += length
+                    if pos > size:
+                        raise _Truncated(f"value of ({group:04X},{elem:04X}) runs past the end")
+                continue
             if length == 0xFFFFFFFF:
                 if vr not in ("SQ",):
                     raise _NeedPydicom  # undefined-length UN/OB outside pixel data
@@ -605,6 +637,51 @@ class _FastReader:
         if end is None:
             raise _Truncated("undefined-length sequence without its delimiter")
         return items, pos
+
+    def _skip_sequence(self, pos: int) -> int:
+        """Return the position after an undefined-length sequence starting at *pos*."""
+        buf, size = self.buf, self.size
+        while pos + 8 <= size:
+            group, elem, length = struct.unpack_from("<HHI", buf, pos)
+            pos += 8
+            if group != 0xFFFE:
+                raise _NeedPydicom
+            if elem == 0xE0DD:
+                return pos
+            if elem != 0xE000:
+                raise _NeedPydicom
+            pos = self._skip_item(pos) if length == 0xFFFFFFFF else pos + length
+        raise _Truncated("undefined-length sequence without its delimiter")
+
+    def _skip_item(self, pos: int) -> int:
+        """Return the position after an undefined-length item's delimiter."""
+        buf, size = self.buf, self.size
+        while pos + 8 <= size:
+            group, elem = struct.unpack_from("<HH", buf, pos)
+            if group == 0xFFFE and elem == 0xE00D:
+                return pos + 8
+            if self.implicit:
+                length = struct.unpack_from("<I", buf, pos + 4)[0]
+                pos += 8
+                undefined_is_sequence = True
+            else:
+                code = _VR_CODES.get(bytes(buf[pos + 4 : pos + 6]))
+                if code is None:
+                    raise _NeedPydicom
+                if code[1]:
+                    length = struct.unpack_from("<I", buf, pos + 8)[0]
+                    pos += 12
+                else:
+                    length = struct.unpack_from("<H", buf, pos + 6)[0]
+                    pos += 8
+                undefined_is_sequence = code[0] == "SQ"
+            if length == 0xFFFFFFFF:
+                if not undefined_is_sequence:
+                    raise _NeedPydicom
+                pos = self._skip_sequence(pos)
+            else:
+                pos += length
+        raise _Truncated("undefined-length item without its delimiter")
 
     def _implicit_vr(self, tag: int, creators: dict[int, str], pixel_rep: int | None) -> str:
         entry = pydicom.datadict.DicomDictionary.get(tag)
