@@ -25,6 +25,7 @@ __all__ = [
     "format_media_type",
     "iter_parts",
     "parse_media_type",
+    "split_unquoted",
 ]
 
 _CRLF = b"\r\n"
@@ -45,20 +46,14 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
         The lower-cased ``type/subtype`` and the parameters, names lower-cased, values
         unquoted (RFC 9110 §8.3.1; quoted-pair escapes resolved).
     """
-    text = value.strip()
-    cut = _find_unquoted(text, ";")
-    media = (text if cut < 0 else text[:cut]).strip().lower()
+    media, *items = split_unquoted(value, ";")
     params: dict[str, str] = {}
-    rest = "" if cut < 0 else text[cut + 1 :]
-    while rest:
-        cut = _find_unquoted(rest, ";")
-        item, rest = (rest, "") if cut < 0 else (rest[:cut], rest[cut + 1 :])
+    for item in items:
         name, sep, raw = item.partition("=")
         name = name.strip().lower()
-        if not name or not sep:
-            continue
-        params[name] = _unquote(raw.strip())
-    return media, params
+        if name and sep:
+            params[name] = _unquote(raw.strip())
+    return media.strip().lower(), params
 
 
 def format_media_type(media: str, params: Mapping[str, str] | None = None) -> str:
@@ -86,10 +81,15 @@ def format_media_type(media: str, params: Mapping[str, str] | None = None) -> st
     return "; ".join(out)
 
 
-def _find_unquoted(text: str, char: str) -> int:
-    """Return the index of the first *char* outside a quoted string, or -1."""
-    quoted = False
-    escaped = False
+def split_unquoted(text: str, separator: str) -> list[str]:
+    """Split *text* at each *separator* that is not inside a quoted string.
+
+    Used for the ``;`` between media type parameters and the ``,`` between ``Accept``
+    entries (RFC 9110 §5.6.4: a quoted string may contain either).
+    """
+    out: list[str] = []
+    start = 0
+    quoted = escaped = False
     for i, ch in enumerate(text):
         if escaped:
             escaped = False
@@ -97,9 +97,11 @@ def _find_unquoted(text: str, char: str) -> int:
             escaped = True
         elif ch == '"':
             quoted = not quoted
-        elif ch == char and not quoted:
-            return i
-    return -1
+        elif ch == separator and not quoted:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
 
 
 def _unquote(raw: str) -> str:

@@ -1,0 +1,808 @@
+"""WADO-RS of the embedded DICOMweb store (PS3.18 §10.4, Sup 203 thumbnails).
+
+Resources, below the store's prefix (``/dicom-web``):
+
+=====================================================  =====================================
+``/studies/{s}[/series/{se}[/instances/{i}]]``          instances, ``multipart/related;
+                                                        type="application/dicom"``
+``…/metadata``                                          DICOM JSON with BulkDataURIs
+``…/instances/{i}/frames/{list}``                       frames (native or as stored)
+``…/instances/{i}/pixeldata``, ``…/bulkdata/{path}``    pixel data, bulk data values
+``…/rendered``, ``…/frames/{list}/rendered``            JPEG / PNG / GIF
+``…/thumbnail``, ``…/frames/{list}/thumbnail``          small representative image
+=====================================================  =====================================
+
+Instances stream part by part (a 2,000-instance series is never held in memory); a file
+already in the requested transfer syntax is sent byte for byte, anything else is
+transcoded on a worker thread while the previous part is being sent. Errors are
+problem+json: malformed UID, frame list or rendering parameter → 400, unknown UID or
+frame → 404, an ``Accept`` that cannot be met → 406.
+
+The store mounts these routes with :func:`wado_routes`. STOW-RS shares the study URL
+(``POST /studies/{s}``): to serve both, put a rule for ``{prefix}/studies/([^/]+)`` whose
+handler subclasses :class:`RetrieveHandler` and adds ``post`` *before* these rules
+(tornado uses the first rule that matches a path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydicom
+from tornado.iostream import StreamClosedError
+
+from imagingkit.config import Settings
+from imagingkit.dicomjson import read_dicom_json
+from imagingkit.dicomweb.mediatypes import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    MEDIA_TYPE_ALIASES,
+    MediaRange,
+    frame_media_type,
+    parse_accept,
+)
+from imagingkit.dicomweb.multipart import MultipartWriter, format_media_type
+from imagingkit.errors import InvalidInputError, InvalidQueryError
+from imagingkit.render.encode import (
+    RENDERED_MEDIA_TYPES,
+    THUMBNAIL_SIZE,
+    Viewport,
+    apply_viewport,
+    encode_image,
+    parse_quality,
+    thumbnail,
+)
+from imagingkit.render.lut import Window, display_frame
+from imagingkit.sandbox.dicom_index import DicomIndex, InstanceRecord
+from imagingkit.sandbox.stored_instance import (
+    StoredInstance,
+    TranscodeError,
+    as_stored_syntax,
+    can_transcode,
+    load_instance,
+    transcode,
+)
+from imagingkit.server.app import RouteList
+from imagingkit.server.base import BaseHandler, HTTPProblem
+from imagingkit.uids import validate_uid
+
+__all__ = [
+    "BulkDataHandler",
+    "FramesHandler",
+    "MetadataHandler",
+    "RenderedHandler",
+    "RetrieveHandler",
+    "ThumbnailHandler",
+    "WadoService",
+    "wado_routes",
+]
+
+log = logging.getLogger("imagingkit.sandbox.wado")
+
+T = TypeVar("T")
+
+_UID = r"([^/]+)"
+_FRAME_LIST = re.compile(r"^[0-9]+(,[0-9]+)*$")
+#: parts prepared ahead of the one being sent (transcoding overlaps sending)
+_LOOKAHEAD = 2
+#: instances whose metadata is written per chunk of a metadata answer
+_METADATA_BATCH = 100
+_METADATA_CACHE_SIZE = 4096
+_JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+# --------------------------------------------------------------------------- service
+
+
+class WadoService:
+    """State shared by the WADO-RS handlers of one store.
+
+    Parameters
+    ----------
+    index : DicomIndex
+        Where instances are looked up.
+    prefix : str
+        The route prefix (e.g. ``/dicom-web``), used to build BulkDataURIs and
+        Content-Locations.
+    settings : Settings
+        ``concurrency`` bounds the worker threads used for transcoding and rendering.
+    """
+
+    def __init__(self, index: DicomIndex, prefix: str, settings: Settings) -> None:
+        self.index = index
+        self.prefix = prefix.rstrip("/")
+        self.settings = settings
+        workers = max(2, min(settings.concurrency, os.cpu_count() or 2))
+        self.executor: Executor = ThreadPoolExecutor(workers, thread_name_prefix="wado")
+        # A token no DICOM JSON text contains; replaced by the request's base URL.
+        self._base_token = f"@@base-{uuid.uuid4().hex}@@"
+        self._metadata: collections.OrderedDict[tuple[str, int, int], str] = (
+            collections.OrderedDict()
+        )
+        self._metadata_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the worker threads (pending work is finished first)."""
+        self.executor.shutdown(wait=True)
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` on a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(func, *args))
+
+    def metadata_text(self, record: InstanceRecord, base: str) -> str:
+        """Return the instance's DICOM JSON object as text (cached per file version).
+
+        BulkDataURIs point at ``{base}/studies/…/instances/…/bulkdata/{tag path}``.
+        """
+        stat = os.stat(record.path)
+        key = (str(record.path), stat.st_mtime_ns, stat.st_size)
+        with self._metadata_lock:
+            text = self._metadata.get(key)
+            if text is not None:
+                self._metadata.move_to_end(key)
+        if text is None:
+            text = self._read_metadata(record)
+            with self._metadata_lock:
+                self._metadata[key] = text
+                while len(self._metadata) > _METADATA_CACHE_SIZE:
+                    self._metadata.popitem(last=False)
+        return text.replace(self._base_token, base)
+
+    def _read_metadata(self, record: InstanceRecord) -> str:
+        import json
+
+        instance_url = self._base_token + _instance_path(record)
+
+        def uri(tag_path: str) -> str:
+            return f"{instance_url}/bulkdata/{tag_path}"
+
+        header = read_dicom_json(record.path, bulkdata_uri=uri)
+        return json.dumps(header.dataset, separators=(",", ":"), ensure_ascii=False)
+
+
+def _instance_path(record: InstanceRecord) -> str:
+    return f"/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
+
+
+# --------------------------------------------------------------------------- base handler
+
+
+class _WadoHandler(BaseHandler):
+    cors_methods = "GET, OPTIONS"
+
+    def initialize(self, service: WadoService) -> None:
+        self.wado = service
+        self._started = False
+
+    def compute_etag(self) -> str | None:
+        return None  # hashing megabytes of pixels per answer is not worth it
+
+    @property
+    def base_url(self) -> str:
+        """The store's absolute base URL as this request reached it."""
+        return f"{self.request.protocol}://{self.request.host}{self.wado.prefix}"
+
+    def accept_ranges(self) -> list[MediaRange]:
+        """The ``accept`` query parameter (PS3.18 §8.3.3.1) or else the Accept header."""
+        value = self.get_query_argument("accept", None) or self.request.headers.get("Accept")
+        return parse_accept(value)
+
+    def not_acceptable(self, what: str) -> HTTPProblem:
+        accept = self.get_query_argument("accept", None) or self.request.headers.get("Accept")
+        return HTTPProblem(406, f"cannot answer Accept {accept!r} for {what}")
+
+    def records(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[InstanceRecord]:
+        """Validate the path's UIDs and return the matching instances (404 if none)."""
+        validate_uid(study, lenient=True, what="StudyInstanceUID")
+        if series is not None:
+            validate_uid(series, lenient=True, what="SeriesInstanceUID")
+        if instance is not None:
+            validate_uid(instance, lenient=True, what="SOPInstanceUID")
+        found = self.wado.index.instances(study, series, instance)
+        if not found:
+            if instance is not None:
+                what = f"instance {instance} of series {series} of study {study}"
+            elif series is not None:
+                what = f"series {series} of study {study}"
+            else:
+                what = f"study {study}"
+            raise HTTPProblem(404, f"no {what} in this store")
+        return found
+
+    async def stored(self, record: InstanceRecord) -> StoredInstance:
+        """The parsed header of *record*'s file (cached)."""
+        try:
+            return await self.wado.run(load_instance, record.path)
+        except InvalidInputError as exc:
+            raise HTTPProblem(
+                500, f"stored file of {record.sop_uid} is unreadable: {exc}"
+            ) from None
+
+    async def send(self, chunk: bytes) -> bool:
+        """Write and flush *chunk*; return False if the client went away."""
+        self._started = True
+        self.write(chunk)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return False
+        return True
+
+
+def _frame_numbers(text: str, available: int) -> list[int]:
+    """Parse a frame list (``1,3,5``; PS3.18 §10.4.1.1.4) into 0-based indices."""
+    if not _FRAME_LIST.match(text):
+        raise InvalidQueryError(f"frame list {text[:80]!r} is not comma-separated numbers")
+    numbers = [int(n) for n in text.split(",")]
+    if any(n < 1 for n in numbers):
+        raise InvalidQueryError(f"frame list {text!r}: frame numbers start at 1")
+    missing = [n for n in numbers if n > available]
+    if missing:
+        raise HTTPProblem(
+            404, f"frame {missing[0]} does not exist: the instance has {available} frame(s)"
+        )
+    return [n - 1 for n in numbers]
+
+
+# --------------------------------------------------------------------------- instances
+
+
+@dataclass(frozen=True)
+class _InstanceChoice:
+    single_part: bool
+    #: acceptable transfer syntaxes in preference order; None = default, "*" = as stored
+    syntaxes: tuple[str | None, ...]
+
+
+def choose_instance_representation(ranges: Sequence[MediaRange]) -> _InstanceChoice | None:
+    """Pick the representation of instances from Accept ranges (PS3.18 §8.7.3).
+
+    ``multipart/related; type="application/dicom"`` (with any ``transfer-syntax``),
+    ``*/*`` and ``multipart/*`` give a multipart answer; ``application/dicom`` a single
+    part. Later ranges of the same kind are fallbacks, tried per instance.
+
+    Raises
+    ------
+    InvalidQueryError
+        If a ``transfer-syntax`` parameter is neither ``*`` nor a UID.
+    """
+    kind: bool | None = None
+    syntaxes: list[str | None] = []
+    for r in ranges:
+        if r.media in ("*/*", "multipart/*") or (
+            r.media == "multipart/related" and r.part_type in (None, "application/dicom", "*/*")
+        ):
+            single, syntax = False, r.transfer_syntax
+        elif r.media in ("application/dicom", "application/*"):
+            single, syntax = True, r.transfer_syntax
+        else:
+            continue
+        if syntax is not None and syntax != "*":
+            validate_uid(syntax, lenient=True, what="transfer-syntax")
+        if kind is None:
+            kind = single
+        if single == kind and syntax not in syntaxes:
+            syntaxes.append(syntax)
+    if kind is None:
+        return None
+    return _InstanceChoice(kind, tuple(syntaxes))
+
+
+def _target_syntax(stored: str, choice: _InstanceChoice) -> str | None:
+    for syntax in choice.syntaxes:
+        if syntax is None:
+            target = EXPLICIT_VR_LITTLE_ENDIAN
+        elif syntax == "*":
+            target = as_stored_syntax(stored)
+        else:
+            target = syntax
+        if can_transcode(stored, target):
+            return target
+    return None
+
+
+class RetrieveHandler(_WadoHandler):
+    """Retrieve a study, series or instance (PS3.18 §10.4.1.1.1), streamed."""
+
+    async def get(self, study: str, series: str | None = None, instance: str | None = None) -> None:
+        records = self.records(study, series, instance)
+        choice = choose_instance_representation(self.accept_ranges())
+        if choice is None:
+            raise self.not_acceptable("DICOM instances")
+        if choice.single_part and len(records) != 1:
+            raise HTTPProblem(
+                406, f"application/dicom holds one instance; this resource has {len(records)}"
+            )
+        plan = [(r, _target_syntax(r.transfer_syntax_uid, choice)) for r in records]
+        refused = [r for r, target in plan if target is None]
+        jobs = [(r, t) for r, t in plan if t is not None]
+        if not jobs:
+            shown = ", ".join(f"{r.sop_uid} ({r.transfer_syntax_uid})" for r in refused[:3])
+            more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+            accepted = ", ".join(s or "default" for s in choice.syntaxes)
+            raise HTTPProblem(
+                406,
+                f"cannot send instance {shown}{more} in any transfer syntax the request "
+                f"accepts ({accepted}); transfer-syntax=* gives it as stored",
+            )
+        writer = MultipartWriter("application/dicom")
+        failures: list[str] = []
+        async for record, target, data in self._prepared(jobs, failures):
+            headers = {
+                "Content-Type": format_media_type("application/dicom", {"transfer-syntax": target}),
+                "Content-Location": self.base_url + _instance_path(record),
+            }
+            if not self._started:
+                self._start(writer, choice.single_part, headers, refused)
+            chunk = data if choice.single_part else writer.head(headers) + data
+            if not await self.send(chunk):
+                return
+        if not self._started:  # every instance failed to transcode
+            raise HTTPProblem(406, "; ".join(failures[:3]))
+        if not choice.single_part:
+            self.write(writer.close())
+        if failures:
+            log.warning("WADO-RS left out %d instance(s): %s", len(failures), failures[:3])
+
+    def _start(
+        self,
+        writer: MultipartWriter,
+        single: bool,
+        headers: dict[str, str],
+        refused: list[InstanceRecord],
+    ) -> None:
+        if single:
+            self.set_header("Content-Type", headers["Content-Type"])
+            self.set_header("Content-Location", headers["Content-Location"])
+        else:
+            self.set_header("Content-Type", writer.content_type)
+        if refused:
+            self.set_status(206)
+            self.set_header(
+                "Warning",
+                f'299 imagingkit "{len(refused)} instance(s) left out: no acceptable '
+                'transfer syntax"',
+            )
+
+    async def _prepared(
+        self, jobs: list[tuple[InstanceRecord, str]], failures: list[str]
+    ) -> AsyncIterator[tuple[InstanceRecord, str, bytes]]:
+        """Yield ``(record, syntax, bytes)`` in order, preparing a few parts ahead."""
+        pending: collections.deque[tuple[InstanceRecord, str, Awaitable[bytes] | bytes]] = (
+            collections.deque()
+        )
+        queue = iter(jobs)
+
+        def fill() -> None:
+            while len(pending) < _LOOKAHEAD:
+                job = next(queue, None)
+                if job is None:
+                    return
+                record, target = job
+                pending.append((record, target, self._start_part(record, target)))
+
+        fill()
+        while pending:
+            record, target, work = pending.popleft()
+            fill()
+            try:
+                data = work if isinstance(work, bytes) else await work
+            except (TranscodeError, OSError) as exc:
+                failures.append(f"{record.sop_uid}: {exc}")
+                continue
+            yield record, target, data
+
+    def _start_part(self, record: InstanceRecord, target: str) -> Awaitable[bytes] | bytes:
+        """Return the part's bytes now (fast path) or a future of them (transcoding)."""
+        if target == record.transfer_syntax_uid:
+            try:
+                data = record.path.read_bytes()
+            except OSError as exc:
+                future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+                return future
+            if data[128:132] == b"DICM":
+                return data  # already a Part-10 file in the wanted syntax
+            return self.wado.run(transcode, data, target, record.path.name)
+        return self.wado.run(_transcode_file, record.path, target)
+
+
+def _transcode_file(path: Path, target: str) -> bytes:
+    return transcode(path.read_bytes(), target, name=path.name)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+class MetadataHandler(_WadoHandler):
+    """Study, series or instance metadata as DICOM JSON (PS3.18 §10.4.1.1.2)."""
+
+    async def get(self, study: str, series: str | None = None, instance: str | None = None) -> None:
+        records = self.records(study, series, instance)
+        if not any(
+            r.media in ("*/*", "application/*") or r.media in _JSON_TYPES
+            for r in self.accept_ranges()
+        ):
+            raise self.not_acceptable("metadata (only application/dicom+json is offered)")
+        base = self.base_url
+        self.set_header("Content-Type", "application/dicom+json")
+        first = True
+        for start in range(0, len(records), _METADATA_BATCH):
+            batch = records[start : start + _METADATA_BATCH]
+            texts = await self.wado.run(self._texts, batch, base)
+            chunk = ("[" if first else ",") + ",".join(texts)
+            first = False
+            if not await self.send(chunk.encode("utf-8")):
+                return
+        self.write(b"]")
+
+    def _texts(self, batch: list[InstanceRecord], base: str) -> list[str]:
+        out = []
+        for record in batch:
+            try:
+                out.append(self.wado.metadata_text(record, base))
+            except (InvalidInputError, OSError) as exc:
+                log.warning("metadata of %s left out: %s", record.sop_uid, exc)
+        return out
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class _FrameChoice:
+    single_part: bool
+    #: send the stored (compressed) bytes rather than native pixels
+    as_stored: bool
+    #: the ``type`` of the multipart body, or the single part's media type
+    media: str
+
+
+def choose_frame_representation(
+    ranges: Sequence[MediaRange], stored: str, count: int
+) -> _FrameChoice | None:
+    """Pick how to send *count* frames of an instance stored in *stored* (PS3.18 §8.7.3.3).
+
+    Native pixels (``application/octet-stream``, Explicit VR Little Endian) unless a
+    range asks for the stored compressed form: ``transfer-syntax=*``, the stored syntax,
+    or the media type of the stored syntax (``image/jpeg``, ``image/jp2``, …).
+    """
+    compressed = frame_media_type(stored) != "application/octet-stream"
+    for r in ranges:
+        single = r.media not in ("*/*", "multipart/related", "multipart/*")
+        if single and count != 1:
+            continue
+        media = (r.part_type or "application/octet-stream") if not single else r.media
+        media = MEDIA_TYPE_ALIASES.get(media, media)
+        if media in ("*/*", "application/*") or r.media == "*/*":
+            return _FrameChoice(single and r.media != "*/*", False, "application/octet-stream")
+        syntax = r.transfer_syntax
+        if media == "application/octet-stream":
+            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) or (syntax == "*" and not compressed):
+                return _FrameChoice(single, False, media)
+            if syntax in ("*", stored) and compressed:
+                return _FrameChoice(single, True, media)
+            continue
+        if not compressed:
+            continue
+        stored_media = frame_media_type(stored)
+        kind, _, sub = media.partition("/")
+        wanted = kind == "image" and sub in ("*", stored_media.partition("/")[2])
+        if wanted and syntax in (None, "*", stored):
+            return _FrameChoice(single, True, stored_media)
+    return None
+
+
+def _frame_part_type(instance: StoredInstance, as_stored: bool) -> str:
+    if as_stored and instance.encapsulated:
+        syntax = instance.transfer_syntax
+        return format_media_type(frame_media_type(syntax), {"transfer-syntax": syntax})
+    return format_media_type(
+        "application/octet-stream", {"transfer-syntax": EXPLICIT_VR_LITTLE_ENDIAN}
+    )
+
+
+class FramesHandler(_WadoHandler):
+    """Frames of an instance (PS3.18 §10.4.1.1.4); also ``/pixeldata`` (all frames)."""
+
+    async def get(self, study: str, series: str, instance: str, frames: str | None = None) -> None:
+        (record,) = self.records(study, series, instance)
+        stored = await self.stored(record)
+        if not stored.has_pixels:
+            raise HTTPProblem(404, f"instance {instance} has no pixel data")
+        if frames is None:
+            indices = list(range(stored.number_of_frames))
+        else:
+            indices = _frame_numbers(frames, stored.number_of_frames)
+        await self.send_frames(stored, indices)
+
+    async def send_frames(self, stored: StoredInstance, indices: list[int]) -> None:
+        """Answer with the frames *indices* (0-based) of *stored*, negotiated."""
+        choice = choose_frame_representation(
+            self.accept_ranges(), stored.transfer_syntax, len(indices)
+        )
+        if choice is None:
+            raise self.not_acceptable(
+                f"frames of an instance stored as {stored.transfer_syntax} "
+                "(only uncompressed frames or the stored compressed form are offered)"
+            )
+        part_type = _frame_part_type(stored, choice.as_stored)
+        writer = MultipartWriter(choice.media)
+        read = stored.stored_frame if choice.as_stored else stored.native_frame
+        for index in indices:
+            try:
+                data = await self.wado.run(read, index)
+            except TranscodeError as exc:
+                if self._started:
+                    log.warning("frames answer cut short: %s", exc)
+                    return
+                raise HTTPProblem(406, str(exc)) from None
+            if not self._started:
+                content_type = part_type if choice.single_part else writer.content_type
+                self.set_header("Content-Type", content_type)
+            chunk = data if choice.single_part else writer.head({"Content-Type": part_type}) + data
+            if not await self.send(chunk):
+                return
+        if not choice.single_part:
+            self.write(writer.close())
+
+
+class BulkDataHandler(FramesHandler):
+    """Bulk data named by a BulkDataURI (PS3.18 §10.4.1.1.5).
+
+    Pixel Data (``7FE00010``) answers like ``/pixeldata``: one part per frame. Other
+    values answer as one ``application/octet-stream`` part, little endian.
+    """
+
+    async def get(  # type: ignore[override]
+        self, study: str, series: str, instance: str, tag_path: str
+    ) -> None:
+        (record,) = self.records(study, series, instance)
+        stored = await self.stored(record)
+        if tag_path.upper() == "7FE00010":
+            if not stored.has_pixels:
+                raise HTTPProblem(404, f"instance {instance} has no pixel data")
+            await self.send_frames(stored, list(range(stored.number_of_frames)))
+            return
+        data = await self.wado.run(stored.bulk_value, tag_path)
+        if data is None:
+            raise HTTPProblem(404, f"instance {instance} has no bulk data at {tag_path!r}")
+        single = None
+        for r in self.accept_ranges():
+            if r.media in ("*/*", "multipart/*") or (
+                r.media == "multipart/related"
+                and r.part_type in (None, "application/octet-stream", "*/*")
+            ):
+                single = False
+            elif r.media in ("application/octet-stream", "application/*"):
+                single = True
+            if single is not None:
+                break
+        if single is None:
+            raise self.not_acceptable("bulk data (application/octet-stream)")
+        if single:
+            self.set_header("Content-Type", "application/octet-stream")
+            self.write(data)
+            return
+        writer = MultipartWriter("application/octet-stream")
+        self.set_header("Content-Type", writer.content_type)
+        self.write(writer.part(data, {"Content-Type": "application/octet-stream"}) + writer.close())
+
+
+# --------------------------------------------------------------------------- rendered
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """The rendering parameters of a request (PS3.18 §8.3.5.1)."""
+
+    media: str
+    multipart: bool
+    window: Window | None
+    viewport: Viewport | None
+    quality: int | None
+
+
+def choose_rendered_type(ranges: Sequence[MediaRange]) -> tuple[str, bool] | None:
+    """Return ``(media type, multipart?)`` for a rendered answer, or None (406)."""
+    for r in ranges:
+        if r.media in ("*/*", "image/*"):
+            return "image/jpeg", False
+        if r.media in RENDERED_MEDIA_TYPES:
+            return r.media, False
+        if r.media == "multipart/related":
+            part = r.part_type or "image/jpeg"
+            if part == "image/*":
+                part = "image/jpeg"
+            if part in RENDERED_MEDIA_TYPES:
+                return part, True
+    return None
+
+
+def _decodable(record: InstanceRecord) -> bool:
+    return can_transcode(record.transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN)
+
+
+def _render(record: InstanceRecord, index: int, request: RenderRequest, thumb: bool) -> bytes:
+    ds = pydicom.dcmread(record.path, force=True)
+    try:
+        image = display_frame(ds, index, window=request.window)
+    except InvalidInputError as exc:
+        raise TranscodeError(str(exc)) from exc
+    if request.viewport is not None:
+        image = apply_viewport(image, request.viewport)
+    elif thumb:
+        image = thumbnail(image, THUMBNAIL_SIZE)
+    return encode_image(image, request.media, quality=request.quality)
+
+
+class RenderedHandler(_WadoHandler):
+    """Rendered study, series, instance or frames (PS3.18 §10.4.1.1.3).
+
+    A study or series renders its first image instance (frame 1), as Orthanc does; ask
+    ``multipart/related; type="image/…"`` to get every image instance instead. An
+    instance renders its first frame; a list of several frames answers multipart.
+    """
+
+    thumbnail = False
+
+    def render_request(self) -> RenderRequest:
+        chosen = choose_rendered_type(self.accept_ranges())
+        if chosen is None:
+            raise self.not_acceptable(
+                f"a rendered image (offered: {', '.join(sorted(RENDERED_MEDIA_TYPES))})"
+            )
+        window = self.get_query_argument("window", None)
+        viewport = self.get_query_argument("viewport", None)
+        quality = self.get_query_argument("quality", None)
+        return RenderRequest(
+            media=chosen[0],
+            multipart=chosen[1],
+            window=Window.parse(window) if window else None,
+            viewport=Viewport.parse(viewport) if viewport else None,
+            quality=parse_quality(quality) if quality else None,
+        )
+
+    async def get(
+        self,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        frames: str | None = None,
+    ) -> None:
+        request = self.render_request()
+        records = [r for r in self.records(study, series, instance) if r.number_of_frames > 0]
+        if not records:
+            raise HTTPProblem(404, "no image instance to render here")
+        if instance is None:  # choose among the images this store can decode
+            records = [r for r in records if _decodable(r)] or records
+        targets = await self.targets(records, instance is not None, frames, request.multipart)
+        writer = MultipartWriter(request.media)
+        for record, index in targets:
+            try:
+                data = await self.wado.run(_render, record, index, request, self.thumbnail)
+            except TranscodeError as exc:
+                if self._started:
+                    log.warning("rendered answer cut short: %s", exc)
+                    return
+                raise HTTPProblem(406, f"cannot render {record.sop_uid}: {exc}") from None
+            if request.multipart:
+                if not self._started:
+                    self.set_header("Content-Type", writer.content_type)
+                data = writer.head({"Content-Type": request.media}) + data
+            else:
+                self.set_header("Content-Type", request.media)
+            if not await self.send(data):
+                return
+        if request.multipart:
+            self.write(writer.close())
+
+    async def targets(
+        self,
+        records: list[InstanceRecord],
+        one_instance: bool,
+        frames: str | None,
+        multipart: bool,
+    ) -> list[tuple[InstanceRecord, int]]:
+        """Which (instance, 0-based frame) pairs to render."""
+        if frames is not None:
+            stored = await self.stored(records[0])
+            indices = _frame_numbers(frames, stored.number_of_frames)
+            if len(indices) > 1 and not multipart:
+                raise HTTPProblem(
+                    406,
+                    "several frames render as multipart/related; "
+                    'ask Accept: multipart/related; type="image/jpeg"',
+                )
+            return [(records[0], i) for i in indices]
+        if one_instance or not multipart:
+            return [(records[0], 0)]
+        return [(r, 0) for r in records]
+
+
+class ThumbnailHandler(RenderedHandler):
+    """Thumbnails (Sup 203, PS3.18 §10.4.1.1.3): one small representative image.
+
+    Study: the middle image of its first series with images; series: its middle image;
+    instance: its middle frame; frame: that frame. At most 128 pixels on the longest
+    side unless ``viewport`` says otherwise.
+    """
+
+    thumbnail = True
+
+    async def targets(
+        self,
+        records: list[InstanceRecord],
+        one_instance: bool,
+        frames: str | None,
+        multipart: bool,
+    ) -> list[tuple[InstanceRecord, int]]:
+        if frames is not None:
+            stored = await self.stored(records[0])
+            return [(records[0], _frame_numbers(frames, stored.number_of_frames)[0])]
+        first_series = [r for r in records if r.series_uid == records[0].series_uid]
+        record = first_series[len(first_series) // 2]
+        frame_count = max(1, record.number_of_frames)
+        return [(record, frame_count // 2 if frame_count > 1 else 0)]
+
+    def render_request(self) -> RenderRequest:
+        request = super().render_request()
+        return dataclasses.replace(request, multipart=False)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def wado_routes(index: DicomIndex, prefix: str, settings: Settings) -> RouteList:
+    """Return the tornado rules of WADO-RS below *prefix* (no trailing slash).
+
+    Parameters
+    ----------
+    index : DicomIndex
+        The store's index.
+    prefix : str
+        Route prefix, e.g. ``/dicom-web``.
+    settings : Settings
+
+    Returns
+    -------
+    list of (pattern, handler class, initialize kwargs)
+    """
+    service = WadoService(index, prefix, settings)
+    kwargs = {"service": service}
+    p = re.escape(prefix.rstrip("/"))
+    study = f"{p}/studies/{_UID}"
+    series = f"{study}/series/{_UID}"
+    instance = f"{series}/instances/{_UID}"
+    frames = f"{instance}/frames/([^/]+)"
+    rules: RouteList = []
+    for base in (study, series, instance):
+        rules += [
+            (base, RetrieveHandler, kwargs),
+            (f"{base}/metadata", MetadataHandler, kwargs),
+            (f"{base}/rendered", RenderedHandler, kwargs),
+            (f"{base}/thumbnail", ThumbnailHandler, kwargs),
+        ]
+    rules += [
+        (frames, FramesHandler, kwargs),
+        (f"{instance}/pixeldata", FramesHandler, kwargs),
+        (f"{instance}/bulkdata/(.+)", BulkDataHandler, kwargs),
+        (f"{frames}/rendered", RenderedHandler, kwargs),
+        (f"{frames}/thumbnail", ThumbnailHandler, kwargs),
+    ]
+    return rules
