@@ -997,3 +997,20 @@ def test_approximately(query: str, eq_query: str, window: Any, servers: Servers)
             assert quantity_matches("ap" + ctx["hb"], resource["valueQuantity"]["value"]), key
     if window is None:
         assert ours, "the data holds that hemoglobin value"
+
+
+def test_medplum_validates_every_resource(
+    resources: list[Resource], medplum_server: MedplumServer
+) -> None:
+    """A second independent R4 validator: Medplum's (``POST /$validate`` in server.mjs,
+    @medplum/core validateResource against the R4 StructureDefinitions)."""
+    problems = {}
+    for resource in resources:
+        served = dict(resource)
+        if served["resourceType"] == "Endpoint":  # the store renders its placeholder as a URL
+            served["address"] = "http://127.0.0.1:8042/dicom-web"
+        outcome = medplum_server.post("$validate", served).json()
+        errors = [i for i in outcome.get("issue", []) if i.get("severity") in ("error", "fatal")]
+        if errors:
+            problems[f"{resource['resourceType']}/{resource['id']}"] = errors
+    assert problems == {}

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from imagingkit.errors import FHIRError, SandboxError
 from imagingkit.sandbox.clinical_imaging import (
     ENDPOINT_ID,
+    CodedReason,
     InstanceFacts,
     PatientFacts,
     SeriesFacts,
@@ -100,6 +101,14 @@ def _integer(dataset: Any, keyword: str) -> int | None:
         return None
 
 
+def _positive_number(dataset: Any, keyword: str) -> float | None:
+    try:
+        value = float(dataset.get(keyword))
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
 def _patient_facts(dataset: Any) -> PatientFacts:
     return PatientFacts(
         patient_id=_text(dataset, "PatientID"),
@@ -123,7 +132,15 @@ def _series_facts(dataset: Any, instances: Iterable[InstanceFacts]) -> SeriesFac
     )
 
 
-def _study_facts(dataset: Any, series: Iterable[SeriesFacts]) -> StudyFacts:
+def _study_facts(dataset: _JsonHeader, series: Iterable[SeriesFacts]) -> StudyFacts:
+    reasons = tuple(
+        CodedReason(
+            scheme=_text(item, "CodingSchemeDesignator"),
+            code=_text(item, "CodeValue"),
+            meaning=_text(item, "CodeMeaning"),
+        )
+        for item in dataset.items("ReasonForPerformedProcedureCodeSequence")
+    )
     return StudyFacts(
         uid=_text(dataset, "StudyInstanceUID"),
         patient=_patient_facts(dataset),
@@ -133,6 +150,9 @@ def _study_facts(dataset: Any, series: Iterable[SeriesFacts]) -> StudyFacts:
         timezone=_text(dataset, "TimezoneOffsetFromUTC"),
         description=_text(dataset, "StudyDescription"),
         series=tuple(series),
+        reasons=reasons,
+        patient_size_m=_positive_number(dataset, "PatientSize"),
+        patient_weight_kg=_positive_number(dataset, "PatientWeight"),
     )
 
 
@@ -142,16 +162,27 @@ class _JsonHeader:
     def __init__(self, header: Mapping[str, Any]) -> None:
         self._header = header
 
-    def get(self, keyword: str, default: Any = None) -> Any:
+    def _values(self, keyword: str) -> tuple[str, list[Any]]:
         from pydicom.datadict import tag_for_keyword
 
         tag = tag_for_keyword(keyword)
         element = self._header.get(f"{tag:08X}") if tag is not None else None
-        values = element.get("Value") if isinstance(element, Mapping) else None
-        if not values:
+        if not isinstance(element, Mapping):
+            return "", []
+        return str(element.get("vr", "")), list(element.get("Value") or [])
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """The value (a list if several; a PN's alphabetic group); *default* if absent."""
+        vr, values = self._values(keyword)
+        if not values or vr == "SQ":
             return default
         texts = [v.get("Alphabetic", "") if isinstance(v, Mapping) else v for v in values]
         return texts[0] if len(texts) == 1 else texts
+
+    def items(self, keyword: str) -> list[_JsonHeader]:
+        """The items of a sequence attribute."""
+        vr, values = self._values(keyword)
+        return [_JsonHeader(v) for v in values if vr == "SQ" and isinstance(v, Mapping)]
 
 
 def study_uids_in_index(index: Any) -> list[str]:
@@ -269,6 +300,8 @@ def _visits(
                     reason=entry["reason"],
                     description=study.description,
                     seed=seed,
+                    height_cm=study.patient_size_m * 100 if study.patient_size_m else None,
+                    weight_kg=study.patient_weight_kg,
                 ),
             )
         )

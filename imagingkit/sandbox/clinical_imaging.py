@@ -23,11 +23,13 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = [
+    "CODING_SCHEMES",
     "DCM_SYSTEM",
     "DICOM_UID_SYSTEM",
     "ENDPOINT_ID",
     "RFC3986_SYSTEM",
     "SNOMED_SYSTEM",
+    "CodedReason",
     "InstanceFacts",
     "PatientFacts",
     "SeriesFacts",
@@ -110,6 +112,16 @@ BODY_PART_SNOMED = {
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 
+#: Coding Scheme Designators (PS3.16 Table 8-1) → FHIR code system URIs.
+CODING_SCHEMES = {
+    "SCT": SNOMED_SYSTEM,
+    "SRT": SNOMED_SYSTEM,
+    "LN": "http://loinc.org",
+    "DCM": DCM_SYSTEM,
+    "UCUM": "http://unitsofmeasure.org",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+}
+
 
 @dataclass(frozen=True)
 class PatientFacts:
@@ -120,6 +132,28 @@ class PatientFacts:
     name: str = ""
     birth_date: str = ""
     sex: str = ""
+
+
+@dataclass(frozen=True)
+class CodedReason:
+    """One item of Reason For Performed Procedure Code Sequence (0040,1012), PS3.3 C.4.15."""
+
+    scheme: str
+    code: str
+    meaning: str = ""
+
+    def concept(self) -> dict[str, Any]:
+        """The FHIR CodeableConcept (DICOM coding scheme designator → FHIR system URI)."""
+        coding: dict[str, str] = {"code": self.code}
+        system = CODING_SCHEMES.get(self.scheme.upper())
+        if system is not None:
+            coding["system"] = system
+        if self.meaning:
+            coding["display"] = self.meaning
+        concept: dict[str, Any] = {"coding": [coding]}
+        if self.meaning:
+            concept["text"] = self.meaning
+        return concept
 
 
 @dataclass(frozen=True)
@@ -157,6 +191,10 @@ class StudyFacts:
     timezone: str = ""
     description: str = ""
     series: tuple[SeriesFacts, ...] = field(default_factory=tuple)
+    reasons: tuple[CodedReason, ...] = ()
+    #: PatientSize (0010,1020) in m and PatientWeight (0010,1030) in kg at this study
+    patient_size_m: float | None = None
+    patient_weight_kg: float | None = None
 
     @property
     def number_of_instances(self) -> int:
@@ -455,6 +493,9 @@ def imaging_study_resource(
     resource["numberOfInstances"] = study.number_of_instances
     if study.description.strip():
         resource["description"] = study.description.strip()
+    reasons = [r.concept() for r in study.reasons if r.code]
+    if reasons:
+        resource["reasonCode"] = reasons
     if extra:
         resource.update(extra)
     if series:

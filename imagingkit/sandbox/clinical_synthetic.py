@@ -85,6 +85,8 @@ class VisitContext:
         Study description, for the report's text.
     seed : int
         Cohort seed.
+    height_cm, weight_kg : float, optional
+        Measured values (DICOM PatientSize/PatientWeight); synthetic ones otherwise.
     """
 
     study_uid: str
@@ -96,6 +98,8 @@ class VisitContext:
     reason: Mapping[str, str]
     description: str
     seed: int
+    height_cm: float | None = None
+    weight_kg: float | None = None
 
     def rng(self, purpose: str) -> random.Random:
         """A generator for *purpose*, seeded by the cohort seed and the study UID."""
@@ -285,12 +289,12 @@ def _values(visit: VisitContext) -> dict[_Measure, float]:
     rng = visit.rng("observations")
     male = visit.gender == "male"
     age = visit.age if visit.age is not None else 50
-    height = _body_height(visit)
+    height = visit.height_cm or _body_height(visit)
     bmi = min(45.0, max(16.0, rng.gauss(26.5, 4.0)))
     glucose_mean = 150.0 if "diabet" in visit.reason.get("display", "").lower() else 100.0
     return {
         _HEIGHT: height,
-        _WEIGHT: bmi * (height / 100.0) ** 2,
+        _WEIGHT: visit.weight_kg or bmi * (height / 100.0) ** 2,
         _SYSTOLIC: max(85.0, rng.gauss(112.0 + 0.35 * age + (15 if visit.acute else 0), 14.0)),
         _CREATININE: max(0.4, rng.gauss(1.0 if male else 0.8, 0.22)),
         _HEMOGLOBIN: max(7.0, rng.gauss(14.9 if male else 13.3, 1.2)),
