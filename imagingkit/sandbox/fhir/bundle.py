@@ -274,7 +274,9 @@ def _run_entry(
     if entry.method == "POST":
         if entry.reuse is not None:
             return Response(200, interactions._show(entry.reuse, urls), entry.reuse)
-        return interactions.create(entry.type, entry.resource, urls, id_=entry.id, pending=pending)
+        return interactions.create(
+            entry.type, entry.resource, urls, id_=entry.id, pending=pending, removed=removed
+        )
     assert entry.id is not None and entry.resource is not None
     if "id" not in entry.resource and entry.query:
         entry.resource["id"] = entry.id

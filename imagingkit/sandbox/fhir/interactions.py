@@ -116,8 +116,14 @@ class Interactions:
         if_none_exist: str | None = None,
         id_: str | None = None,
         pending: Collection[str] = (),
+        removed: Collection[str] = (),
     ) -> Response:
-        """R4 http §3.1.0.6 create, with conditional create when *if_none_exist* is given."""
+        """R4 http §3.1.0.6 create, with conditional create when *if_none_exist* is given.
+
+        A client ``id`` in the body is ignored (R4: the server assigns the id).
+        """
+        if isinstance(resource, dict):
+            resource.pop("id", None)
         resource = validate_resource(resource, type_)
         rtype = resource["resourceType"]
         with self.storage.transaction():
@@ -130,7 +136,7 @@ class Interactions:
                 if existing:
                     return Response(200, self._show(existing[0], urls), existing[0])
             portable(resource, urls)
-            stored = self.repository.create(resource, id_=id_, pending=pending)
+            stored = self.repository.create(resource, id_=id_, pending=pending, removed=removed)
         return Response(201, self._show(stored, urls), stored)
 
     def update(

@@ -201,6 +201,7 @@ class Repository:
         *,
         id_: str | None = None,
         pending: Collection[str] = (),
+        removed: Collection[str] = (),
     ) -> Stored:
         """Store *resource* under a new server-assigned id (R4 http §3.1.0.6).
 
@@ -210,7 +211,7 @@ class Repository:
         validate_resource(resource)
         resource["id"] = id_ or str(uuid.uuid4())
         with self.storage.transaction():
-            self.check_references(resource, pending=pending)
+            self.check_references(resource, pending=pending, removed=removed)
             return self.storage.write(resource, "POST")
 
     def update(

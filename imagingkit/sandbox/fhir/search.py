@@ -251,10 +251,12 @@ def _parse_criterion(resource_type: str, name: str, values: list[str], depth: in
             raise InvalidQueryError(
                 f"search parameter {name!r}: only reference parameters can be chained"
             )
+        if modifier and param.targets and modifier not in param.targets:
+            raise InvalidQueryError(
+                f"search parameter {name!r}: {resource_type}.{code} cannot refer to {modifier!r}"
+            )
         if modifier and modifier not in RESOURCE_TYPES:
-            if modifier in param.targets:
-                raise _Unknown(name)  # a valid type this server does not store
-            raise InvalidQueryError(f"search parameter {name!r}: unknown type {modifier!r}")
+            raise _Unknown(name)  # a valid target type that this server does not store
         candidates = (
             (modifier,) if modifier else tuple(t for t in param.targets if t in RESOURCE_TYPES)
         )
@@ -300,7 +302,9 @@ def _parse_include(resource_type: str, name: str, value: str) -> Include:
     return Include(source, param, target, iterate, reverse)
 
 
-def _parse_sort(resource_type: str, value: str, strict: bool, request: SearchRequest) -> None:
+def _parse_sort(resource_type: str, value: str, strict: bool, request: SearchRequest) -> str:
+    """Add the ``_sort`` keys to *request*; return the accepted keys (for links)."""
+    accepted = []
     for key in value.split(","):
         key = key.strip()
         if not key:
@@ -314,6 +318,8 @@ def _parse_sort(resource_type: str, value: str, strict: bool, request: SearchReq
             request.ignored.append(f"_sort={code}")
             continue
         request.sort.append(SortKey(param, descending))
+        accepted.append(key)
+    return ",".join(accepted)
 
 
 def parse_search(
@@ -387,16 +393,20 @@ def _parse_result_param(request: SearchRequest, name: str, value: str, strict: b
     elif name == "_elements":
         request.elements = [e.strip() for e in value.split(",") if e.strip()]
     elif name == "_sort":
-        _parse_sort(request.resource_type, value, strict, request)
+        value = _parse_sort(request.resource_type, value, strict, request)
+        keep = bool(value)
     elif name.startswith(("_include", "_revinclude")):
+        accepted = []
         for part in value.split(","):
             try:
                 request.includes.append(_parse_include(request.resource_type, name, part))
+                accepted.append(part)
             except _Unknown:
                 if strict:
                     raise _bad(name, part, "unknown source type or reference parameter") from None
                 request.ignored.append(f"{name}={part}")
-                keep = False
+        value = ",".join(accepted)
+        keep = bool(accepted)
     elif name in ("_contained", "_containedType"):
         if strict:
             raise _bad(name, value, "not supported by this server")
@@ -440,6 +450,9 @@ def _validate_values(criterion: Criterion, raw: str) -> None:
             if value not in ("true", "false"):
                 raise _bad(criterion.name, raw, "the :missing modifier takes true or false")
         return
+    if param.type == "composite":
+        _composite_sql(criterion, "m", _Sql())  # raises on a malformed part
+        return
     for value in criterion.values:
         _value_condition(param.type, criterion.name, raw, value, criterion.modifier, None, "x")
 
@@ -469,10 +482,11 @@ class _Sql:
 
 
 def _number_condition(prefix: str, number: Decimal, sql: _Sql | None, x: str) -> str:
-    value = float(number)
     exponent = number.as_tuple().exponent
-    half = 0.5 * 10.0 ** (exponent if isinstance(exponent, int) else 0)
-    lo, hi = float(number) - half, float(number) + half
+    half = Decimal(5).scaleb((exponent if isinstance(exponent, int) else 0) - 1)
+    # decimal arithmetic, so that the bounds are exact before they become floats
+    value, lo, hi = float(number), float(number - half), float(number + half)
+    margin = abs(number) / 10
 
     def a(v: Any) -> str:
         return sql.arg(v) if sql else "?"
@@ -482,8 +496,9 @@ def _number_condition(prefix: str, number: Decimal, sql: _Sql | None, x: str) ->
     if prefix == "ne":
         return f"NOT ({x}.low >= {a(lo)} AND {x}.high < {a(hi)})"
     if prefix == "ap":
-        margin = max(abs(value) * 0.1, half)
-        return f"({x}.low <= {a(value + margin)} AND {x}.high >= {a(value - margin)})"
+        # R4: "the recommended value for the approximation is 10% of the stated value"
+        upper, lower = float(number + margin), float(number - margin)
+        return f"({x}.low <= {a(upper)} AND {x}.high >= {a(lower)})"
     op = {"gt": ">", "ge": ">=", "sa": ">", "lt": "<", "le": "<=", "eb": "<"}[prefix]
     column = "low" if prefix in ("lt", "le", "sa") else "high"
     return f"{x}.{column} {op} {a(value)}"
@@ -555,7 +570,8 @@ def _value_condition(
             return f"{x}.system = {a(system)}"
         return f"({x}.system = {a(system)} AND {x}.code = {a(code)})"
     if type_ == "date":
-        prefix, text = _prefixed(value)
+        # a "+" of a time zone sent unencoded arrives as a space
+        prefix, text = _prefixed(value.replace(" ", "+"))
         try:
             low, high = date_range(text, what=name)
         except InvalidDateError:
@@ -658,11 +674,12 @@ def _criterion_sql(criterion: Criterion, alias: str, sql: _Sql, fhir_base: str |
         if criterion.modifier == "missing":
             return "1 = 1" if criterion.values == ["false"] else "1 = 0"
         return f"{alias}.id IN ({marks})"
-    if param.type == "composite":
-        return _composite_sql(criterion, alias, sql)
-    table = param.type
-    stored_name = param.name
     modifier = criterion.modifier
+    if param.type == "composite" and modifier != "missing":
+        return _composite_sql(criterion, alias, sql)
+    table, stored_name = param.type, param.name
+    if param.type == "composite":  # present when its first part is indexed
+        table, stored_name = param.components[0].type, f"{param.name}#0"
     if modifier == "identifier":
         table, stored_name, modifier = "token", f"{param.name}:identifier", None
     x = sql.alias("x")

@@ -2,6 +2,8 @@
 
 >>> with serving([store]) as origin:          # doctest: +SKIP
 ...     requests.get(f"{origin}/fhir/metadata")
+>>> with serving_store(tmp_path) as (base, store):   # doctest: +SKIP
+...     requests.get(f"{base}/Patient")
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
 
+from imagingkit.config import Settings
+from imagingkit.sandbox.fhir.store import FhirStore
 from imagingkit.server.app import Component, make_app
 
-__all__ = ["serving"]
+__all__ = ["serving", "serving_store"]
 
 
 @contextmanager
@@ -75,3 +80,23 @@ def serving(
         stop = state["stop"]
         loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
         thread.join(timeout)
+
+
+@contextmanager
+def serving_store(
+    folder: Path, *, base_url: str = "/", name: str = "test"
+) -> Iterator[tuple[str, FhirStore]]:
+    """Open a :class:`FhirStore` in *folder* and serve it on loopback until the block ends.
+
+    Yields
+    ------
+    tuple
+        ``(FHIR base URL without trailing slash, the store)``.
+    """
+    store = FhirStore.for_data_dir(folder, name, settings=Settings(data_dir=folder))
+    prefix = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+    try:
+        with serving([store], base_url=base_url) as origin:
+            yield f"{origin}{prefix}{store.mount}", store
+    finally:
+        store.close()
