@@ -23,14 +23,14 @@ from typing import Any
 from imagingkit.config import Settings
 from imagingkit.errors import SandboxError
 from imagingkit.sandbox.dicom_index import DicomIndex
+from imagingkit.sandbox.qido import qido_routes
+from imagingkit.sandbox.stow import remove_stale_uploads, stow_routes
+from imagingkit.sandbox.wado import wado_routes
 from imagingkit.server.app import RouteList
 
 __all__ = ["DicomWebStore", "index_path_for"]
 
 log = logging.getLogger("imagingkit.sandbox.dicomweb")
-
-#: a path segment holding a UID (validated by the handlers, so a bad one gets a clear 400)
-UID_SEGMENT = r"([^/]+)"
 
 
 def index_path_for(root: Path, settings: Settings) -> Path:
@@ -80,7 +80,7 @@ class DicomWebStore:
             raise SandboxError(f"{str(root)!r} is not a folder of DICOM files")
         index = DicomIndex(index_path_for(root, settings), root)
         try:
-            _remove_stale_uploads(root)
+            remove_stale_uploads(root)
             report = index.scan()
         except BaseException:
             index.close()
@@ -90,33 +90,14 @@ class DicomWebStore:
 
     def routes(self, prefix: str) -> RouteList:
         """Return the DICOMweb routes below *prefix* (e.g. ``"/dicom-web"``)."""
-        from imagingkit.sandbox.qido import qido_routes
-        from imagingkit.sandbox.stow import stow_routes
-
+        prefix = prefix.rstrip("/")
         common: dict[str, Any] = {"index": self.index, "settings": self.settings, "prefix": prefix}
         rules: RouteList = []
         rules.extend(qido_routes(prefix, common))
-        wado = _wado_routes(self.index, prefix, self.settings)
+        wado = wado_routes(self.index, prefix, self.settings)
         rules.extend(stow_routes(prefix, common, wado))
         return rules
 
     def close(self) -> None:
         """Close the index."""
         self.index.close()
-
-
-def _remove_stale_uploads(root: Path) -> None:
-    try:
-        from imagingkit.sandbox.stow import remove_stale_uploads
-    except ImportError:  # STOW-RS is being written
-        return
-    remove_stale_uploads(root)
-
-
-def _wado_routes(index: DicomIndex, prefix: str, settings: Settings) -> RouteList:
-    try:
-        from imagingkit.sandbox.wado import wado_routes
-    except ImportError:  # the WADO-RS module is optional while it is being written
-        log.warning("imagingkit.sandbox.wado is not available: WADO-RS routes are missing")
-        return []
-    return list(wado_routes(index, prefix, settings))

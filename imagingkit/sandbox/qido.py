@@ -1,0 +1,895 @@
+"""QIDO-RS: search the embedded store for studies, series and instances (PS3.18 §10.6).
+
+Resources: ``/studies``, ``/series``, ``/instances``, ``/studies/{s}/series``,
+``/studies/{s}/instances`` and ``/studies/{s}/series/{se}/instances``.
+
+Query parameters (PS3.18 §8.3.4)
+    ``{attributeID}={value}``
+        *attributeID* is a keyword (``PatientID``) or a tag (``00100020``). Matching follows
+        PS3.4 §C.2.2.2:
+
+        * an empty value or ``*`` is universal matching (the attribute is just returned);
+        * UI: a list of UIDs separated by ``,`` or ``\\`` (list of UID matching);
+        * DA and TM: a single value or a range ``a-b``, ``-b``, ``a-`` (range matching); a
+          time with fewer components covers its whole span (``14`` is 14:00:00–14:59:59.999999);
+        * PN: literal or ``*``/``?`` wildcard matching, insensitive to case and to trailing
+          empty components (PS3.4 allows this for PN);
+        * IS, US and other numbers: equality;
+        * other strings: literal (case-sensitive) or ``*``/``?`` wildcard matching;
+        * a multi-valued attribute matches when any of its values does.
+
+        Attributes of lower levels may be given at higher levels (e.g. ``Modality`` on
+        ``/studies``): an entity matches when at least one of its series or instances does.
+        Matching needs the attribute to be indexed (see
+        :data:`~imagingkit.sandbox.dicom_index.DECODED_TAGS`); others are refused with 400,
+        but can still be returned with ``includefield``. Sequence matching is not supported.
+    ``ModalitiesInStudy``
+        Matches studies with a series of that modality; ``\\``-separated values are
+        alternatives.
+    ``includefield``
+        Keywords or tags, repeated or comma-separated, or ``all`` (at most
+        :data:`MAX_INCLUDEFIELDS`). ``all`` returns every attribute the index holds for the
+        level (for instances: the whole header, without bulk data).
+    ``fuzzymatching=true``
+        Person names then also match when each word of the query starts a name component,
+        case-insensitively (``smi jo`` matches ``Smith^John``).
+    ``multiplevaluematching=true``
+        ``,`` and ``\\`` separate alternative values for every attribute (PS3.4 C.2.2.2.8).
+    ``emptyvaluematching``
+        Not supported: answered with a ``Warning: 299`` header (PS3.18 §8.3.4.5).
+    ``limit``, ``offset``
+        Paging; ``limit`` above ``settings.max_query_limit`` is capped with a ``Warning``.
+
+Responses
+    ``application/dicom+json`` (``application/json`` also accepted), an array — ``[]``
+    with 200 when nothing matches. Results are ordered by StudyDate, StudyTime,
+    StudyInstanceUID, then SeriesNumber, SeriesInstanceUID, then InstanceNumber,
+    SOPInstanceUID (missing values first). Errors are ``application/problem+json``:
+    400 for a malformed parameter (the detail names it), 404 for an unknown study or
+    series in the path, 406 for an unsupported ``Accept``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom.datadict
+import tornado.ioloop
+
+from imagingkit.config import Settings
+from imagingkit.dicomjson import DicomJson
+from imagingkit.errors import InvalidDateError, InvalidQueryError
+from imagingkit.sandbox.dicom_index import (
+    DECODED_TAGS,
+    INDEXED_ATTRIBUTES,
+    LEVEL_TAGS,
+    DicomIndex,
+    IndexedAttribute,
+    fold_person_name,
+    normalize_date,
+    normalize_time,
+)
+from imagingkit.server.app import RouteList
+from imagingkit.server.base import BaseHandler, HTTPProblem
+from imagingkit.uids import is_valid_uid
+
+__all__ = [
+    "MAX_INCLUDEFIELDS",
+    "QidoQuery",
+    "QidoResult",
+    "negotiate_json",
+    "parse_query",
+    "qido_routes",
+    "search",
+]
+
+#: more ``includefield`` entries than this are refused (400)
+MAX_INCLUDEFIELDS = 500
+#: the largest integer SQLite stores; larger offsets are refused
+_MAX_INT = 2**62
+
+LEVELS = ("study", "series", "instance")
+_ALIAS = {"study": "st", "series": "se", "instance": "i"}
+_TABLE = {"study": "studies", "series": "series", "instance": "instances"}
+_KEY = {"study": "study_uid", "series": "series_uid", "instance": "sop_uid"}
+_DEPTH = {"study": 0, "series": 1, "instance": 2}
+
+# Attributes the store computes rather than reads (PS3.18 Tables 10.6.3-3 to -5).
+_MODALITIES_IN_STUDY = 0x00080061
+_SOP_CLASSES_IN_STUDY = 0x00080062
+_INSTANCE_AVAILABILITY = 0x00080056
+_RETRIEVE_URL = 0x00081190
+_STUDY_SERIES = 0x00201206
+_STUDY_INSTANCES = 0x00201208
+_SERIES_INSTANCES = 0x00201209
+_COMPUTED = {
+    _MODALITIES_IN_STUDY: "study",
+    _SOP_CLASSES_IN_STUDY: "study",
+    _STUDY_SERIES: "study",
+    _STUDY_INSTANCES: "study",
+    _SERIES_INSTANCES: "series",
+    _INSTANCE_AVAILABILITY: "any",
+    _RETRIEVE_URL: "any",
+}
+_CONTROL_PARAMETERS = {
+    "limit",
+    "offset",
+    "includefield",
+    "fuzzymatching",
+    "multiplevaluematching",
+    "emptyvaluematching",
+    "charset",
+    "accept",
+}
+_COLUMNS: dict[int, IndexedAttribute] = {
+    a.tag: a for attributes in INDEXED_ATTRIBUTES.values() for a in attributes
+}
+_TAG_TEXT = re.compile(r"^[0-9A-Fa-f]{8}$")
+_NUMBER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "SV", "UV"})
+_FLOAT_VRS = frozenset({"DS", "FL", "FD"})
+
+JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+# --------------------------------------------------------------------------- attributes
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A DICOM attribute named in a query (PS3.6)."""
+
+    tag: int
+    keyword: str
+    vr: str
+
+    @property
+    def key(self) -> str:
+        """The DICOM JSON key, ``"GGGGEEEE"``."""
+        return f"{self.tag:08X}"
+
+
+def resolve_attribute(name: str, parameter: str) -> Attribute:
+    """Return the attribute a keyword or ``GGGGEEEE`` tag names.
+
+    A dotted path (``00081115.0020000E``) names its first, top-level attribute.
+
+    Raises
+    ------
+    InvalidQueryError
+        If *name* is neither a known keyword nor a tag.
+    """
+    head = name.split(".", 1)[0].strip()
+    tag = int(head, 16) if _TAG_TEXT.match(head) else pydicom.datadict.tag_for_keyword(head)
+    if tag is None:
+        raise InvalidQueryError(
+            f"{parameter}: {name[:80]!r} is not a DICOM attribute keyword or tag (PS3.18 §8.3.4.1)"
+        )
+    try:
+        vr = str(pydicom.datadict.dictionary_VR(tag))
+        keyword = str(pydicom.datadict.keyword_for_tag(tag)) or f"{tag:08X}"
+    except KeyError:
+        vr, keyword = "UN", f"{tag:08X}"  # private or unknown public tag
+    if " or " in vr:
+        vr = "US" if vr.startswith("US") else vr.split(" or ")[0]
+    return Attribute(tag, keyword, vr)
+
+
+# --------------------------------------------------------------------------- the query
+
+
+@dataclass
+class _Condition:
+    """An SQL condition on one level's table, written against the alias ``{t}``."""
+
+    level: str
+    sql: str
+    params: list[Any]
+
+
+@dataclass
+class QidoQuery:
+    """A parsed and validated QIDO-RS request (PS3.18 §8.3.4).
+
+    Attributes
+    ----------
+    level : {"study", "series", "instance"}
+    conditions : list
+        Matching, as SQL on the index (internal).
+    include : set of int
+        Tags to return besides the level's defaults (matching keys are included).
+    include_all : bool
+        ``includefield=all``.
+    limit : int
+        Results per page (already capped).
+    offset : int
+    warnings : list of str
+        Texts for ``Warning: 299`` response headers.
+    """
+
+    level: str
+    conditions: list[_Condition] = field(default_factory=list)
+    include: set[int] = field(default_factory=set)
+    include_all: bool = False
+    limit: int = 0
+    offset: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _single(args: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = args.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidQueryError(f"{name} given {len(values)} times; give it once")
+    return values[0]
+
+
+def _flag(args: Mapping[str, Sequence[str]], name: str) -> bool:
+    value = _single(args, name)
+    if value is None or value.strip().lower() == "false":
+        return False
+    if value.strip().lower() == "true":
+        return True
+    raise InvalidQueryError(f"{name}={value[:40]!r}: expected 'true' or 'false'")
+
+
+def _integer(args: Mapping[str, Sequence[str]], name: str, minimum: int) -> int | None:
+    value = _single(args, name)
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 30:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise InvalidQueryError(f"{name}={shown!r}: expected a whole number ≥ {minimum}")
+    number = int(text)
+    if number < minimum:
+        raise InvalidQueryError(f"{name}={value!r}: expected a whole number ≥ {minimum}")
+    return number
+
+
+def parse_query(
+    level: str, args: Mapping[str, Sequence[str]], *, max_limit: int, service: str = "imagingkit"
+) -> QidoQuery:
+    """Validate QIDO-RS query parameters and turn them into a :class:`QidoQuery`.
+
+    Parameters
+    ----------
+    level : {"study", "series", "instance"}
+        The level searched.
+    args : mapping of str to list of str
+        The decoded query parameters.
+    max_limit : int
+        ``settings.max_query_limit``.
+    service : str
+        The base URL named in ``Warning`` headers (PS3.18 §8.3.4.5).
+
+    Raises
+    ------
+    InvalidQueryError, InvalidDateError, InvalidUIDError
+        For a malformed parameter; the message names it and its value.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown QIDO level {level!r}")
+    query = QidoQuery(level=level)
+    fuzzy = _flag(args, "fuzzymatching")
+    multiple = _flag(args, "multiplevaluematching")
+    if _flag(args, "emptyvaluematching"):
+        query.warnings.append(
+            f"299 {service}: The emptyvaluematching parameter is not supported. "
+            "Empty Value Matching has not been performed."
+        )
+    limit = _integer(args, "limit", 1)
+    query.offset = _integer(args, "offset", 0) or 0
+    if query.offset > _MAX_INT:
+        raise InvalidQueryError(f"offset={query.offset} is larger than this server supports")
+    if limit is None:
+        query.limit = max_limit
+    elif limit > max_limit:
+        query.limit = max_limit
+        query.warnings.append(
+            f"299 {service}: The limit {limit} exceeds the maximum of {max_limit} results "
+            f"supported by the server; at most {max_limit} results are returned."
+        )
+    else:
+        query.limit = limit
+    _parse_includefields(args.get("includefield", []), query)
+    for name, values in args.items():
+        if name in _CONTROL_PARAMETERS or name.lower() in _CONTROL_PARAMETERS:
+            continue
+        attribute = resolve_attribute(name, name)
+        for value in values:
+            query.include.add(attribute.tag)
+            condition = _condition(attribute, value, fuzzy=fuzzy, multiple=multiple)
+            if condition is not None:
+                query.conditions.append(condition)
+    return query
+
+
+def _parse_includefields(values: Sequence[str], query: QidoQuery) -> None:
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    if len(names) > MAX_INCLUDEFIELDS:
+        raise InvalidQueryError(
+            f"includefield names {len(names)} attributes; at most {MAX_INCLUDEFIELDS} are allowed"
+        )
+    for name in names:
+        if name.lower() == "all":
+            query.include_all = True
+        else:
+            query.include.add(resolve_attribute(name, "includefield").tag)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _glob(text: str) -> str:
+    """Turn a DICOM wildcard pattern into an SQLite GLOB pattern (``*`` and ``?`` agree)."""
+    return text.replace("[", "[[]")
+
+
+def _has_wildcard(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+def _alternatives(attribute: Attribute, value: str, multiple: bool) -> list[str]:
+    if attribute.vr == "UI" or multiple:
+        return re.split(r"[,\\]", value)
+    if attribute.tag == _MODALITIES_IN_STUDY:
+        return value.split("\\")
+    return [value]
+
+
+def _condition(attribute: Attribute, raw: str, *, fuzzy: bool, multiple: bool) -> _Condition | None:
+    """Return the condition for ``attribute=raw``, or None for universal matching."""
+    value = raw.strip() if attribute.vr not in ("LT", "ST", "UT") else raw
+    if value in ("", "*"):
+        return None
+    name = attribute.keyword
+    if attribute.vr == "SQ":
+        raise InvalidQueryError(f"{name}: sequence matching is not supported (PS3.4 C.2.2.2.6)")
+    if attribute.tag in _COMPUTED:
+        return _computed_condition(attribute, value, multiple)
+    target = _target(attribute)
+    parts: list[str] = []
+    params: list[Any] = []
+    alternatives = _alternatives(attribute, value, multiple)
+    if attribute.vr == "UI":
+        uids = [u.strip() for u in alternatives if u.strip()]
+        for uid in uids:
+            if not is_valid_uid(uid, lenient=True):
+                raise InvalidQueryError(
+                    f"{name}={raw[:80]!r}: {uid[:80]!r} is not a UID (PS3.5 §9.1)"
+                )
+        sql, sql_params = target.match_in(uids)
+        return _Condition(target.level, sql, sql_params)
+    for alternative in alternatives:
+        sql, sql_params = _match_one(attribute, target, alternative.strip(), raw, fuzzy)
+        parts.append(sql)
+        params.extend(sql_params)
+    sql = parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+    return _Condition(target.level, sql, params)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where an attribute's values live: a column, or the ``attrs`` JSON of instances."""
+
+    level: str
+    column: str | None
+    key: str
+    vr: str
+
+    def _each(self, test: str) -> str:
+        """SQL true when any value of the attribute in ``{t}.attrs`` passes *test*."""
+        return (
+            f"EXISTS (SELECT 1 FROM json_each({{t}}.attrs, '$.\"{self.key}\".Value') WHERE {test})"
+        )
+
+    def compare(self, op: str, value: Any, transform: str = "value") -> tuple[str, list[Any]]:
+        if self.column is not None:
+            return f"{{t}}.{self.column} {op} ?", [value]
+        return self._each(f"{transform} {op} ?"), [value]
+
+    def match_in(self, values: list[str]) -> tuple[str, list[Any]]:
+        marks = ", ".join("?" * len(values))
+        if self.column is not None:
+            return f"{{t}}.{self.column} IN ({marks})", list(values)
+        return self._each(f"value IN ({marks})"), list(values)
+
+    def between(self, low: str | None, high: str | None, transform: str) -> tuple[str, list[Any]]:
+        tests, params = [], []
+        expression = f"{{t}}.{self.column}" if self.column is not None else transform
+        if low is not None:
+            tests.append(f"{expression} >= ?")
+            params.append(low)
+        if high is not None:
+            tests.append(f"{expression} <= ?")
+            params.append(high)
+        test = " AND ".join(tests)
+        if self.column is not None:
+            return f"({test})", params
+        return self._each(test), params
+
+
+def _target(attribute: Attribute) -> _Target:
+    column = _COLUMNS.get(attribute.tag)
+    if column is not None:
+        return _Target(column.level, column.column, attribute.key, attribute.vr)
+    if attribute.tag in DECODED_TAGS:
+        return _Target("instance", None, attribute.key, attribute.vr)
+    raise InvalidQueryError(
+        f"{attribute.keyword}: matching on this attribute is not supported by this server "
+        "(it can be returned with includefield)"
+    )
+
+
+def _match_one(
+    attribute: Attribute, target: _Target, value: str, raw: str, fuzzy: bool
+) -> tuple[str, list[Any]]:
+    name, vr = attribute.keyword, attribute.vr
+    if vr in ("DA", "TM", "DT"):
+        return _range(attribute, target, value, raw)
+    if vr == "PN":
+        return _person_name(target, value, fuzzy)
+    if vr in _NUMBER_VRS:
+        if not re.fullmatch(r"[+-]?\d{1,18}", value):
+            raise InvalidQueryError(f"{name}={raw[:80]!r}: expected a whole number")
+        return target.compare("=", int(value))
+    if vr in _FLOAT_VRS:
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidQueryError(f"{name}={raw[:80]!r}: expected a number") from None
+        return target.compare("=", number)
+    if _has_wildcard(value):
+        return target.compare("GLOB", _glob(value))
+    return target.compare("=", value)
+
+
+_DT_VALUE = re.compile(r"\d{4,14}(\.\d{1,6})?")
+
+
+def _range(attribute: Attribute, target: _Target, value: str, raw: str) -> tuple[str, list[Any]]:
+    """Single value or range matching of DA, TM and DT (PS3.4 C.2.2.2.5)."""
+    name, vr = attribute.keyword, attribute.vr
+    low_text, sep, high_text = value.partition("-")
+    if "-" in high_text:
+        raise InvalidDateError(
+            f"{name}={raw[:80]!r} is not a {vr} value or range (PS3.4 C.2.2.2.5)"
+        )
+    if sep and not low_text and not high_text:
+        raise InvalidDateError(f"{name}={raw[:80]!r}: a range needs at least one end")
+    if vr == "DA":
+        low = _date(low_text, name, raw) if low_text else None
+        high = _date(high_text, name, raw) if high_text else None
+        if not sep:
+            return target.compare("=", low, "ik_date(value)")
+        return target.between(low, high, "ik_date(value)")
+    if vr == "TM":
+        # a time covers its whole span: "14" is 14:00:00.000000 to 14:59:59.999999
+        low = _time(low_text, name, raw, upper=False) if low_text else None
+        high_source = high_text if sep else low_text
+        high = _time(high_source, name, raw, upper=True) if high_source else None
+        return target.between(low, high, "ik_time(value)")
+    # DT, compared as text (no timezone offsets): a value matches as a prefix
+    for part in (low_text, high_text):
+        if part and not _DT_VALUE.fullmatch(part):
+            raise InvalidDateError(
+                f"{name}={raw[:80]!r}: {part[:30]!r} is not a DT value YYYYMMDDHHMMSS.FFFFFF"
+            )
+    if not sep:
+        return target.compare("GLOB", low_text + "*")
+    return target.between(low_text or None, (high_text + "\uffff") if high_text else None, "value")
+
+
+def _date(text: str, name: str, raw: str) -> str:
+    normalized = normalize_date(text) if re.fullmatch(r"\d{8}", text.strip()) else None
+    if normalized is None:
+        raise InvalidDateError(
+            f"{name}={raw[:80]!r}: {text[:20]!r} is not a date YYYYMMDD (PS3.5 §6.2, DA)"
+        )
+    return normalized
+
+
+def _time(text: str, name: str, raw: str, *, upper: bool) -> str:
+    normalized = normalize_time(text, upper=upper) if ":" not in text else None
+    if normalized is None:
+        raise InvalidDateError(
+            f"{name}={raw[:80]!r}: {text[:20]!r} is not a time HHMMSS.FFFFFF (PS3.5 §6.2, TM)"
+        )
+    return normalized
+
+
+def _person_name(target: _Target, value: str, fuzzy: bool) -> tuple[str, list[Any]]:
+    expression = f"{{t}}.{target.column}" if target.column is not None else "ik_pn(value)"
+    wildcard = _has_wildcard(value)
+    folded = value.casefold() if wildcard else (fold_person_name(value) or "")
+    pattern = _glob(folded)
+    tests = [f"{expression} GLOB ?", f"{expression} GLOB ?"]
+    params: list[Any] = [pattern, pattern + "=*"]
+    if fuzzy:
+        words = [w for w in re.split(r"[\s^=,]+", folded) if w]
+        if words:
+            word_tests = []
+            for word in words:
+                start = _glob(word) + "*"
+                word_tests.append(
+                    f"({expression} GLOB ? OR {expression} GLOB ? OR {expression} GLOB ? "
+                    f"OR {expression} GLOB ?)"
+                )
+                params_word = [start, "*^" + start, "* " + start, "*=" + start]
+                params.extend(params_word)
+            tests.append("(" + " AND ".join(word_tests) + ")")
+    test = "(" + " OR ".join(tests) + ")"
+    if target.column is not None:
+        return test, params
+    return target._each(test), params
+
+
+def _computed_condition(attribute: Attribute, value: str, multiple: bool) -> _Condition:
+    name = attribute.keyword
+    if attribute.tag == _MODALITIES_IN_STUDY:
+        tests, params = [], []
+        for alternative in _alternatives(attribute, value, multiple):
+            alternative = alternative.strip()
+            if not alternative:
+                continue
+            if _has_wildcard(alternative):
+                tests.append("se2.modality GLOB ?")
+                params.append(_glob(alternative))
+            else:
+                tests.append("se2.modality = ?")
+                params.append(alternative)
+        sql = (
+            "EXISTS (SELECT 1 FROM series se2 WHERE se2.study_uid = {t}.study_uid AND ("
+            + " OR ".join(tests or ["1"])
+            + "))"
+        )
+        return _Condition("study", sql, params)
+    if attribute.tag == _SOP_CLASSES_IN_STUDY:
+        uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+        for uid in uids:
+            if not is_valid_uid(uid, lenient=True):
+                raise InvalidQueryError(f"{name}={value[:80]!r}: {uid[:80]!r} is not a UID")
+        marks = ", ".join("?" * len(uids))
+        sql = (
+            "EXISTS (SELECT 1 FROM instances i2 WHERE i2.study_uid = {t}.study_uid "
+            f"AND i2.sop_class_uid IN ({marks}))"
+        )
+        return _Condition("study", sql, uids)
+    raise InvalidQueryError(
+        f"{name}: the store computes this attribute; it can be returned (includefield) "
+        "but not matched"
+    )
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass
+class QidoResult:
+    """The matches of a search: DICOM JSON objects, and whether more exist past *limit*."""
+
+    items: list[DicomJson]
+    more: bool
+
+
+def _where(query: QidoQuery, level: str) -> tuple[list[str], list[Any]]:
+    """Turn the query's conditions into SQL for a search at *level*."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for condition in query.conditions:
+        if _DEPTH[condition.level] <= _DEPTH[level]:
+            clauses.append(condition.sql.replace("{t}", _ALIAS[condition.level]))
+        else:  # a lower level's attribute: some child must match
+            alias = _ALIAS[condition.level] + "x"
+            parent_key = _KEY[level]
+            clauses.append(
+                f"EXISTS (SELECT 1 FROM {_TABLE[condition.level]} {alias} "
+                f"WHERE {alias}.{parent_key} = {_ALIAS[level]}.{parent_key} AND "
+                f"{condition.sql.replace('{t}', alias)})"
+            )
+        params.extend(condition.params)
+    return clauses, params
+
+
+_SELECT = {
+    "study": (
+        "SELECT st.study_uid, st.attrs AS study_attrs, "
+        "(SELECT COUNT(*) FROM series x WHERE x.study_uid = st.study_uid) AS n_series, "
+        "(SELECT COUNT(*) FROM instances x WHERE x.study_uid = st.study_uid) AS n_instances, "
+        "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT x.modality AS m FROM series x "
+        "WHERE x.study_uid = st.study_uid AND x.modality IS NOT NULL ORDER BY m)) AS modalities "
+        "FROM studies st"
+    ),
+    "series": (
+        "SELECT se.series_uid, se.study_uid, se.attrs AS series_attrs, st.attrs AS study_attrs, "
+        "(SELECT COUNT(*) FROM instances x WHERE x.series_uid = se.series_uid) AS n_instances "
+        "FROM series se JOIN studies st ON st.study_uid = se.study_uid"
+    ),
+    "instance": (
+        "SELECT i.sop_uid, i.series_uid, i.study_uid, i.attrs AS instance_attrs, "
+        "se.attrs AS series_attrs, st.attrs AS study_attrs "
+        "FROM instances i JOIN series se ON se.series_uid = i.series_uid "
+        "JOIN studies st ON st.study_uid = i.study_uid"
+    ),
+}
+_ORDER = {
+    "study": " ORDER BY st.study_date, st.study_time, st.study_uid",
+    "series": " ORDER BY st.study_date, st.study_time, st.study_uid, se.series_number, "
+    "se.series_uid",
+    "instance": " ORDER BY st.study_date, st.study_time, st.study_uid, se.series_number, "
+    "se.series_uid, i.instance_number, i.sop_uid",
+}
+
+
+def search(
+    index: DicomIndex,
+    query: QidoQuery,
+    *,
+    base_url: str,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> QidoResult:
+    """Run a QIDO-RS search against the index (PS3.18 §10.6).
+
+    Parameters
+    ----------
+    index : DicomIndex
+    query : QidoQuery
+        From :func:`parse_query`.
+    base_url : str
+        The DICOMweb base URL (``http://host/dicom-web``) for ``RetrieveURL`` values.
+    study_uid, series_uid : str, optional
+        The study (and series) of a nested resource; the caller checked they exist.
+
+    Returns
+    -------
+    QidoResult
+    """
+    level = query.level
+    clauses, params = _where(query, level)
+    if study_uid is not None:
+        clauses.insert(0, f"{_ALIAS[level]}.study_uid = ?")
+        params.insert(0, study_uid)
+    if series_uid is not None:
+        clauses.insert(1, f"{_ALIAS[level]}.series_uid = ?")
+        params.insert(1, series_uid)
+    sql = _SELECT[level]
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += _ORDER[level] + " LIMIT ? OFFSET ?"
+    rows = index.query(sql, [*params, query.limit + 1, query.offset])
+    more = len(rows) > query.limit
+    builder = _ResultBuilder(index, query, base_url, nested_study=study_uid is not None)
+    items = [builder.build(row) for row in rows[: query.limit]]
+    return QidoResult(items, more)
+
+
+class _ResultBuilder:
+    """Assemble one result's DICOM JSON from a row (PS3.18 Tables 10.6.3-3 to -5)."""
+
+    def __init__(self, index: DicomIndex, query: QidoQuery, base_url: str, nested_study: bool):
+        self.index = index
+        self.query = query
+        self.base_url = base_url.rstrip("/")
+        level = query.level
+        # which levels' attributes a result carries (PS3.18 §10.6.3.3.1)
+        if level == "study":
+            self.levels = ["study"]
+        elif level == "series":
+            self.levels = ["series"] if nested_study else ["study", "series"]
+        else:
+            self.levels = (
+                ["instance", "series"] if nested_study else ["instance", "series", "study"]
+            )
+        wanted = set(query.include) - set(_COMPUTED)
+        self.from_attrs = {t for t in wanted if t in DECODED_TAGS}
+        self.from_file = {t for t in wanted if t not in DECODED_TAGS}
+        self.file_cache: dict[str, DicomJson] = {}
+
+    def build(self, row: Any) -> DicomJson:
+        level = self.query.level
+        out: DicomJson = {}
+        keys = row.keys()
+        for lv in ("instance", "series", "study"):  # the most specific value wins
+            column = f"{lv}_attrs"
+            if column not in keys or not row[column]:
+                continue
+            tags = LEVEL_TAGS[lv] if lv in self.levels else frozenset()
+            for key, value in json.loads(row[column]).items():
+                tag = int(key, 16)
+                if tag in tags or tag in self.from_attrs:
+                    out.setdefault(key, value)
+        study_uid = row["study_uid"]
+        out["0020000D"] = {"vr": "UI", "Value": [study_uid]}
+        url = f"{self.base_url}/studies/{study_uid}"
+        if level in ("series", "instance"):
+            out["0020000E"] = {"vr": "UI", "Value": [row["series_uid"]]}
+            url += f"/series/{row['series_uid']}"
+        if level == "instance":
+            out["00080018"] = {"vr": "UI", "Value": [row["sop_uid"]]}
+            url += f"/instances/{row['sop_uid']}"
+        out[f"{_RETRIEVE_URL:08X}"] = {"vr": "UR", "Value": [url]}
+        out[f"{_INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+        if level == "study":
+            modalities = [m for m in (row["modalities"] or "").split("\\") if m]
+            out[f"{_MODALITIES_IN_STUDY:08X}"] = (
+                {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+            )
+            out[f"{_STUDY_SERIES:08X}"] = {"vr": "IS", "Value": [row["n_series"]]}
+            out[f"{_STUDY_INSTANCES:08X}"] = {"vr": "IS", "Value": [row["n_instances"]]}
+            if _SOP_CLASSES_IN_STUDY in self.query.include or self.query.include_all:
+                out[f"{_SOP_CLASSES_IN_STUDY:08X}"] = self._sop_classes(study_uid)
+        elif level == "series":
+            out[f"{_SERIES_INSTANCES:08X}"] = {"vr": "IS", "Value": [row["n_instances"]]}
+        if (self.query.include_all and level == "instance") or self.from_file:
+            self._add_from_file(out, row)
+        return dict(sorted(out.items()))
+
+    def _sop_classes(self, study_uid: str) -> DicomJson:
+        rows = self.index.query(
+            "SELECT DISTINCT sop_class_uid FROM instances WHERE study_uid = ? "
+            "AND sop_class_uid IS NOT NULL ORDER BY sop_class_uid",
+            (study_uid,),
+        )
+        values = [r[0] for r in rows]
+        return {"vr": "UI", "Value": values} if values else {"vr": "UI"}
+
+    def _add_from_file(self, out: DicomJson, row: Any) -> None:
+        """Add attributes only the file's header has (includefield beyond the index)."""
+        level = self.query.level
+        if level == "instance":
+            sop = row["sop_uid"]
+        else:
+            key = _KEY[level]
+            first = self.index.query(
+                f"SELECT i.sop_uid FROM instances i JOIN series se ON se.series_uid = i.series_uid "
+                f"WHERE i.{key} = ? ORDER BY se.series_number, se.series_uid, i.instance_number, "
+                "i.sop_uid LIMIT 1",
+                (row[key],),
+            )
+            if not first:
+                return
+            sop = first[0][0]
+        header = self.index.header(sop) or {}
+        if self.query.include_all and level == "instance":
+            for key, value in header.items():
+                out.setdefault(key, value)
+        for tag in self.from_file:
+            key = f"{tag:08X}"
+            if key in header:
+                out.setdefault(key, header[key])
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def negotiate_json(accept: str | None) -> str:
+    """Pick the response media type for a JSON resource from an ``Accept`` header.
+
+    Returns ``application/dicom+json`` unless only ``application/json`` is acceptable.
+
+    Raises
+    ------
+    HTTPProblem
+        406 if neither ``application/dicom+json`` nor ``application/json`` is acceptable
+        (PS3.18 §8.7.3).
+    """
+    if accept is None or not accept.strip():
+        return JSON_TYPES[0]
+    acceptable: list[str] = []
+    for item in accept.split(","):
+        media, *params = [p.strip() for p in item.split(";")]
+        media = media.lower()
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            acceptable.append(media)
+    for media in acceptable:
+        if media in (JSON_TYPES[0], "application/*", "*/*"):
+            return JSON_TYPES[0]
+    if JSON_TYPES[1] in acceptable:
+        return JSON_TYPES[1]
+    raise HTTPProblem(
+        406,
+        f"cannot answer with any of Accept: {accept[:200]!r}; this resource is available as "
+        "application/dicom+json or application/json (PS3.18 §8.7.3)",
+    )
+
+
+class QidoHandler(BaseHandler):
+    """GET handler for one QIDO-RS resource (see the module docstring)."""
+
+    cors_methods = "GET, HEAD, OPTIONS"
+
+    def initialize(
+        self, index: DicomIndex, settings: Settings, prefix: str, level: str, **_: Any
+    ) -> None:
+        self.index = index
+        self.config = settings
+        self.prefix = prefix
+        self.level = level
+
+    def base_url(self) -> str:
+        """The DICOMweb base URL as the client sees it."""
+        return f"{self.request.protocol}://{self.request.host}{self.prefix}"
+
+    def query_arguments(self) -> dict[str, list[str]]:
+        """The request's query parameters, decoded (400 if not UTF-8)."""
+        args: dict[str, list[str]] = {}
+        for name, values in self.request.query_arguments.items():
+            try:
+                args[name] = [v.decode("utf-8") for v in values]
+            except UnicodeDecodeError:
+                raise InvalidQueryError(f"{name}: the value is not UTF-8 text") from None
+        return args
+
+    async def get(self, study_uid: str | None = None, series_uid: str | None = None) -> None:
+        """Answer a search (PS3.18 §10.6.1)."""
+        args = self.query_arguments()
+        accept = self.request.headers.get("Accept")
+        if "accept" in args:
+            accept = args["accept"][-1]
+        media_type = negotiate_json(accept)
+        if study_uid is not None:
+            _check_uid(study_uid, "StudyInstanceUID")
+        if series_uid is not None:
+            _check_uid(series_uid, "SeriesInstanceUID")
+        base = self.base_url()
+        query = parse_query(self.level, args, max_limit=self.config.max_query_limit, service=base)
+        loop = tornado.ioloop.IOLoop.current()
+        result = await loop.run_in_executor(None, self._search, query, base, study_uid, series_uid)
+        if result.more:
+            query.warnings.append(
+                f"299 {base}: The number of results exceeded the maximum supported by the "
+                "server or the requested limit. Additional results can be requested."
+            )
+        for warning in query.warnings:
+            self.add_header("Warning", warning)
+        self.set_header("Content-Type", f"{media_type}; charset=utf-8")
+        self.finish(json.dumps(result.items, ensure_ascii=False, separators=(",", ":")))
+
+    def _search(
+        self, query: QidoQuery, base: str, study_uid: str | None, series_uid: str | None
+    ) -> QidoResult:
+        if study_uid is not None and not self.index.query(
+            "SELECT 1 FROM studies WHERE study_uid = ?", (study_uid,)
+        ):
+            raise HTTPProblem(404, f"no study {study_uid} in this store")
+        if series_uid is not None and not self.index.query(
+            "SELECT 1 FROM series WHERE series_uid = ? AND study_uid = ?", (series_uid, study_uid)
+        ):
+            raise HTTPProblem(404, f"no series {series_uid} in study {study_uid}")
+        return search(self.index, query, base_url=base, study_uid=study_uid, series_uid=series_uid)
+
+
+def _check_uid(value: str, what: str) -> None:
+    if not is_valid_uid(value, lenient=True):
+        shown = value if len(value) <= 80 else value[:80] + "…"
+        raise InvalidQueryError(f"{what} {shown!r} in the path is not a UID (PS3.5 §9.1)")
+
+
+def qido_routes(prefix: str, common: dict[str, Any]) -> RouteList:
+    """The QIDO-RS routes below *prefix* (``common`` holds index, settings, prefix)."""
+    uid = r"([^/]+)"
+    return [
+        (rf"{prefix}/series/?", QidoHandler, {**common, "level": "series"}),
+        (rf"{prefix}/instances/?", QidoHandler, {**common, "level": "instance"}),
+        (rf"{prefix}/studies/{uid}/series/?", QidoHandler, {**common, "level": "series"}),
+        (rf"{prefix}/studies/{uid}/instances/?", QidoHandler, {**common, "level": "instance"}),
+        (
+            rf"{prefix}/studies/{uid}/series/{uid}/instances/?",
+            QidoHandler,
+            {**common, "level": "instance"},
+        ),
+    ]
