@@ -366,6 +366,8 @@ _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: first group of a dataset without preamble, read little-endian (0x0200, 0x0800: big-endian)
+_BARE_GROUPS = frozenset({0x0002, 0x0008, 0x0200, 0x0800})
 #: decoded even when not asked for, because decoding other elements depends on them
 _ALWAYS_DECODED = frozenset({0x00080005, _PIXEL_REPRESENTATION})
 
@@ -490,7 +492,14 @@ class _FastReader:
         syntax = ""
         meta_class = ""
         if not has_preamble:
-            raise _NeedPydicom  # a bare dataset: let pydicom (force=True) sniff its encoding
+            # A bare dataset starts with group 0002 or 0008, either byte order
+            # (PS3.10 §7.1 without preamble); pydicom then sniffs its encoding.
+            if self.size < 8 or struct.unpack_from("<H", buf, 0)[0] not in _BARE_GROUPS:
+                raise InvalidDICOMError(
+                    "not DICOM: no 'DICM' prefix at byte 128 and no group 0002 or 0008 "
+                    "element at the start"
+                )
+            raise _NeedPydicom
         if pos + 8 <= self.size and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
             meta, pos = self._read_meta(pos)
             syntax, meta_class = meta

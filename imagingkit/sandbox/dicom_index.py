@@ -294,7 +294,7 @@ def normalize_time(value: str | None, *, upper: bool = False) -> str | None:
     hh, mm, ss = int(whole[0:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
     if hh > 23 or mm > 59 or ss > 60:
         return None
-    fill = "595999999999" if upper else "000000000000"
+    fill = "595959" if upper else "000000"
     whole = whole + fill[len(whole) : 6]
     fraction = fraction + ("9" if upper else "0") * (6 - len(fraction))
     return f"{whole}.{fraction}"
