@@ -167,9 +167,11 @@ class Interactions:
             matches = self.find(type_, query)
             if len(matches) > 1:
                 raise fhir_error(412, f"{type_}?{query} matches several resources")
-            if matches:
-                return self.update(type_, matches[0].id, resource, urls)
             body = validate_resource(resource, type_)
+            if matches:
+                # the body may omit the id; if it has one, update() checks it matches
+                body.setdefault("id", matches[0].id)
+                return self.update(type_, matches[0].id, body, urls)
             if "id" in body:
                 return self.update(type_, body["id"], body, urls)
             return self.create(type_, body, urls)
