@@ -585,13 +585,13 @@ class ViewerRegistry:
         """The registry used without a configuration file.
 
         The built-in viewer at ``{base_url}viewer/`` (default) and, with *ohif*, an OHIF
-        app served at this server's root (``imagingkit serve --ohif DIR``), which then
-        becomes the default.
+        app served by this server at ``{base_url}ohif/`` (``imagingkit serve --ohif
+        DIR``), which then becomes the default.
         """
         prefix = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
         viewers: dict[str, ViewerAdapter] = {"builtin": BuiltinAdapter(f"{prefix}viewer/")}
         if ohif:
-            viewers = {"ohif": OHIFAdapter(""), **viewers}
+            viewers = {"ohif": OHIFAdapter(f"{prefix}ohif"), **viewers}
         return cls(viewers, "ohif" if ohif else "builtin")
 
 

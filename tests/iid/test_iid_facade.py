@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import CORPUS, SYSTEM_A, AppServer, fhir_resources
+from iid_support import CORPUS, SYSTEM_A, AppServer, fhir_resources
 from servers import OrthancServer, free_port
 
 from imagingkit.iid import IIDRequest

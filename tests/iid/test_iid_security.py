@@ -13,7 +13,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 import requests
-from conftest import AppServer
+from iid_support import AppServer
 
 from imagingkit.iid.facade import IidFacade
 from imagingkit.iid.viewers import (

@@ -271,7 +271,7 @@ def test_without_configuration_the_builtin_viewer_is_the_default(
     assert isinstance(load_viewers().get(), BuiltinAdapter)
     with_ohif = load_viewers(ohif=True)
     assert isinstance(with_ohif.get(), OHIFAdapter)
-    assert with_ohif.get().url(launch(S1)) == f"/viewer?StudyInstanceUIDs={S1}"
+    assert with_ohif.get().url(launch(S1)) == f"/ohif/viewer?StudyInstanceUIDs={S1}"
 
 
 # -- viewer_url and launch_link (the notebook side) ------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from conftest import AppServer
+from iid_support import AppServer
 
 from imagingkit.errors import ConfigError
 from imagingkit.viewer import STATIC_DIR, BuiltinViewer

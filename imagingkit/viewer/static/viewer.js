@@ -41,6 +41,11 @@
     if (typeof v === "object") return v.Alphabetic || "";
     return String(v);
   }
+  function formatName(pn) {
+    const [family, ...rest] = (pn || "").split("=")[0].split("^");
+    const others = rest.filter(Boolean).join(" ");
+    return others ? `${family}, ${others}` : family;
+  }
   function formatDate(da) {
     return /^\d{8}$/.test(da) ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}` : da;
   }
@@ -77,7 +82,7 @@
       a.href = "?study=" + encodeURIComponent(uid);
       const b = document.createElement("button");
       b.type = "button";
-      b.textContent = `${text(ds, "00100010") || "(no name)"} · ${formatDate(text(ds, "00080020"))}`;
+      b.textContent = `${formatName(text(ds, "00100010")) || "(no name)"} · ${formatDate(text(ds, "00080020"))}`;
       const sub = document.createElement("span");
       sub.className = "sub";
       const mods = ((ds["00080061"] || {}).Value || []).join("/");
@@ -99,7 +104,7 @@
       const info = await qido(`/studies?StudyInstanceUID=${study}&includefield=00081030`);
       if (info.length) {
         const ds = info[0];
-        $("study-info").textContent = [text(ds, "00100010"), text(ds, "00100020"),
+        $("study-info").textContent = [formatName(text(ds, "00100010")), text(ds, "00100020"),
           formatDate(text(ds, "00080020")), text(ds, "00081030")].filter(Boolean).join(" · ");
       }
       const series = await qido(`/studies/${study}/series?includefield=0008103E,00200011`);
@@ -177,16 +182,26 @@
     return base + path + (preset ? `?window=${preset[0]},${preset[1]},linear` : "");
   }
 
+  // PNG is lossless; JPEG is the one type every server must render (PS3.18 §8.7.4).
+  // One type per request: some servers (Orthanc 1.10) refuse weighted Accept lists.
+  let mediaType = "image/png";
+
+  async function fetchRendered(url) {
+    let response = await fetch(url, { headers: { Accept: mediaType } });
+    if (!response.ok && mediaType !== "image/jpeg" && [400, 406].includes(response.status)) {
+      const retry = await fetch(url, { headers: { Accept: "image/jpeg" } });
+      if (retry.ok) mediaType = "image/jpeg";
+      response = retry;
+    }
+    if (!response.ok) throw new Error(`rendered image answered HTTP ${response.status}`);
+    return createImageBitmap(await response.blob());
+  }
+
   function load(f) {
     const url = renderedURL(f);
     let promise = state.cache.get(url);
     if (!promise) {
-      promise = fetch(url, { headers: { Accept: "image/png, image/jpeg;q=0.8" } })
-        .then((r) => {
-          if (!r.ok) throw new Error(`rendered image answered HTTP ${r.status}`);
-          return r.blob();
-        })
-        .then((blob) => createImageBitmap(blob));
+      promise = fetchRendered(url);
       promise.catch(() => state.cache.delete(url));
       state.cache.set(url, promise);
       while (state.cache.size > CACHE_SIZE) state.cache.delete(state.cache.keys().next().value);
