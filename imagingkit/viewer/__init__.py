@@ -62,14 +62,14 @@ class BuiltinViewer:
             "frame-ancestors 'self'"
         )
         return [
-            (rf"{prefix}", _AddSlashHandler, {}),
+            (rf"{prefix}", AddSlashHandler, {}),
             (rf"{prefix}/", ViewerPageHandler, {"page": page, "csp": csp}),
             (rf"{prefix}/static/(.*)", ViewerAssetHandler, {"path": str(STATIC_DIR)}),
         ]
 
 
-class _AddSlashHandler(BaseHandler):
-    """``/viewer`` → ``/viewer/``, keeping the query (relative asset URLs need the slash)."""
+class AddSlashHandler(BaseHandler):
+    """``{mount}`` → ``{mount}/``, keeping the query (relative asset URLs need the slash)."""
 
     def get(self) -> None:
         query = f"?{self.request.query}" if self.request.query else ""

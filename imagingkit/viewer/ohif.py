@@ -29,6 +29,7 @@ import tornado.web
 from imagingkit.errors import ConfigError
 from imagingkit.server.app import RouteList
 from imagingkit.server.base import BaseHandler
+from imagingkit.viewer import AddSlashHandler
 
 __all__ = ["OHIFApp", "ohif_config_overrides"]
 
@@ -141,17 +142,11 @@ class OHIFApp:
         config += ohif_config_overrides(self.dicomweb_base)
         not_reserved = "".join(f"(?!{re.escape(m)}(?:/|$))" for m in (*self.reserved, self.mount))
         return [
-            (rf"{prefix}", _AddSlashHandler, {}),
+            (rf"{prefix}", AddSlashHandler, {}),
             (rf"{prefix}/([^.]*)", _IndexHandler, {"body": index}),
             (r"/app-config\.js", _ConfigHandler, {"body": config}),
             (rf"/{not_reserved}(.+\.[A-Za-z0-9]+)", _AssetHandler, {"path": str(self.dist)}),
         ]
-
-
-class _AddSlashHandler(BaseHandler):
-    def get(self) -> None:
-        query = f"?{self.request.query}" if self.request.query else ""
-        self.redirect(f"{self.request.path}/{query}", status=301)
 
 
 class _ConfigHandler(BaseHandler):
