@@ -98,6 +98,11 @@ _SPOOL_IN_MEMORY = 32 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 
 
+def _drain_limit(limit: int) -> int:
+    """Largest body read (and dropped) to answer 413 cleanly; beyond it the server hangs up."""
+    return limit * 2 + 64 * 1024 * 1024
+
+
 # --------------------------------------------------------------------------- storing
 
 
@@ -441,15 +446,22 @@ class _StowMixin(BaseHandler):
     async def prepare(self) -> None:
         if self.request.method == "POST":
             limit = self._limit()
+            drain = _drain_limit(limit)
             length = self.request.headers.get("Content-Length")
-            if length is not None and length.strip().isdigit() and int(length) > limit:
+            declared = int(length) if length is not None and length.strip().isdigit() else None
+            if declared is not None and declared > drain:
+                # far too large to read: answer now (the client may see the connection close)
                 raise HTTPProblem(
-                    413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
+                    413, f"request body of {declared} bytes exceeds the limit of {limit} bytes"
                 )
+            # A body over the limit is read and dropped, then answered with 413: answering
+            # while the client still sends would reset the connection under it.
             with contextlib.suppress(AttributeError):
-                self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
-            # closed in on_finish, whatever happens to the request
-            self._body = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
+                self.request.connection.set_max_body_size(drain)  # type: ignore[union-attr]
+            self._too_large = declared is not None and declared > limit
+            if not self._too_large:
+                # closed in on_finish, whatever happens to the request
+                self._body = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
         parent = super().prepare()
         if parent is not None:
             await parent
@@ -476,6 +488,12 @@ class _StowMixin(BaseHandler):
         while chunk := body.read(_READ_CHUNK):
             yield chunk
 
+    def _check_multipart(self, content_type: str) -> None:
+        """Walk the whole body once; raise InvalidInputError if it is malformed or cut short."""
+        count = sum(1 for _ in iter_parts(self._chunks(), content_type))
+        if count == 0:
+            raise InvalidInputError("the multipart request holds no parts (no instances to store)")
+
     async def post(self, study_uid: str | None = None) -> None:
         """Store the request's instances (PS3.18 §10.5.1)."""
         if self._too_large:
@@ -493,8 +511,10 @@ class _StowMixin(BaseHandler):
                 'multipart/related; type="application/dicom" (PS3.18 §10.5.1.1)',
             )
         base = f"{self.request.protocol}://{self.request.host}{self.stow.prefix}"
-        parts = iter_parts(self._chunks(), content_type)
         loop = tornado.ioloop.IOLoop.current()
+        # A malformed or truncated body is refused before anything is stored.
+        await loop.run_in_executor(None, self._check_multipart, content_type)
+        parts = iter_parts(self._chunks(), content_type)
         outcome = await loop.run_in_executor(
             None,
             lambda: store_instances(self.stow.index, parts, base_url=base, study_uid=study_uid),
