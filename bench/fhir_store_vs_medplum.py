@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +43,6 @@ from medplum.launcher import (  # noqa: E402
     medplum_missing_reason,
     start_medplum,
 )
-from servers import start_imagingkit  # noqa: E402
 
 from imagingkit.sandbox.clinical import transaction_bundle  # noqa: E402
 from imagingkit.sandbox.clinical_scale import synthetic_record  # noqa: E402
@@ -86,19 +88,46 @@ class Engine:
         return time.perf_counter() - started
 
 
-def start_embedded(workdir: Path) -> Engine:
-    """``imagingkit serve --dicom-dir <empty folder>``: its FHIR store starts empty."""
-    folder = workdir / "dicom"
-    folder.mkdir()
-    server = start_imagingkit(
-        ["--dicom-dir", str(folder), "--port=0", f"--data-dir={workdir / 'data'}"],
-        log=workdir / "serve.log",
-        data_dir=workdir / "data",
+_EMBEDDED_SERVER = """
+import sys
+from pathlib import Path
+from imagingkit.config import Settings
+from imagingkit.sandbox.fhir import FhirStore
+from imagingkit.server.serve import serve
+serve([FhirStore(Path(sys.argv[1]), settings=Settings())], host="127.0.0.1", port=0)
+"""
+
+
+def start_embedded(workdir: Path, timeout: float = 60) -> Engine:
+    """The embedded FHIR store alone, served by ``imagingkit.server.serve`` in its own
+    process (as ``imagingkit serve`` does), empty, on a free loopback port."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _EMBEDDED_SERVER, str(workdir / "fhir.sqlite")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    if "fhir" not in server.mounts:
-        server.stop()
-        raise SystemExit("imagingkit serve mounts no /fhir/ yet")
-    return Engine("embedded", server.mounts["fhir"], requests.Session(), server.stop)
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    base = None
+    while base is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        found = re.match(r"^\s+fhir\s+(http://\S+)\s*$", line)
+        base = found.group(1) if found else None
+    if base is None:
+        process.kill()
+        raise SystemExit("the embedded FHIR store did not start")
+
+    def stop() -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    return Engine("embedded", base, requests.Session(), stop)
 
 
 def start_reference() -> Engine:

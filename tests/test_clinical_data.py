@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,7 +171,9 @@ def headers(sandbox_dir: Path) -> list[Dataset]:
     found = []
     for path in sorted(p for p in sandbox_dir.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings():  # the real-world files are deliberately odd
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # cohort.json and any non-DICOM file
             continue
         if "StudyInstanceUID" in ds and "SOPInstanceUID" in ds:
@@ -255,9 +258,10 @@ def test_patients_agree_with_the_dicom_headers(
         name = ds.get("PatientName")
         if name and name.family_name:
             assert patient["name"][0]["family"] == name.family_name
+        if name and name.given_name.strip():
             assert patient["name"][0]["given"][0] == name.given_name.split()[0]
     # the generated cohort's patients all carry the sandbox issuer
-    assert {p["identifier"][0].get("system") for p in patients} >= {
+    assert {p["identifier"][0].get("system") for p in patients if "identifier" in p} >= {
         "urn:imagingkit:issuer:IMAGINGKIT-SANDBOX"
     }
 
@@ -293,7 +297,7 @@ def test_imaging_studies_agree_with_the_dicom_files(
         for element in study["series"]:
             instances = series[element["uid"]]
             one = next(iter(instances.values()))
-            assert element["modality"]["code"] == one.Modality
+            assert element["modality"]["code"] == (one.get("Modality") or "OT")
             assert element["modality"]["system"] == "http://dicom.nema.org/resources/ontology/DCM"
             assert element["numberOfInstances"] == len(instances)
             assert {i["uid"] for i in element["instance"]} == set(instances)
@@ -314,7 +318,7 @@ def test_every_cohort_study_has_its_clinical_record(
     measured = {
         ds.StudyInstanceUID: (float(ds.PatientSize) * 100, float(ds.PatientWeight))
         for ds in headers
-        if "PatientSize" in ds and "PatientWeight" in ds
+        if ds.get("PatientSize") and ds.get("PatientWeight")
     }
     for entry in cohort["studies"]:
         study = record[f"ImagingStudy/{entry['StudyInstanceUID']}"]

@@ -18,6 +18,7 @@ data always gives the same resources, and re-loading them is an idempotent updat
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -53,6 +54,7 @@ __all__ = [
     "build_imaging_resources",
     "clinical_record",
     "load_into",
+    "populate_fhir_store",
     "study_facts_from_index",
     "study_uids_in_index",
     "sync_imaging_from_index",
@@ -506,6 +508,59 @@ def load_into(store: _Store, resources: Sequence[dict[str, Any]], *, max_entries
     for bundle in transaction_bundles(resources, max_entries=max_entries):
         store.transaction(bundle)
         count += len(bundle["entry"])
+    return count
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def _record_fingerprint(index: Any, root: Path) -> str:
+    """What the served record depends on: this mapping's code, cohort.json, the instances."""
+    digest = hashlib.sha256()
+    for module in sorted(Path(__file__).parent.glob("clinical*.py")):
+        digest.update(module.read_bytes())
+    cohort = Path(root) / "cohort.json"
+    if cohort.exists():
+        digest.update(cohort.read_bytes())
+    for (sop_uid,) in index.query("SELECT sop_uid FROM instances ORDER BY sop_uid"):
+        digest.update(sop_uid.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def populate_fhir_store(store: Any, index: Any) -> int:
+    """Bring the served FHIR store in step with the served DICOM data (at startup).
+
+    A generated sandbox (its folder holds ``cohort.json``) gets its whole record
+    (:func:`build_clinical_resources`, loaded with :func:`load_into`); any other folder
+    gets Patient and ImagingStudy resources kept in step by :func:`sync_imaging_from_index`.
+    Nothing is done when neither the files, ``cohort.json`` nor this mapping changed since
+    the last time (a fingerprint is kept beside the store's database).
+
+    Parameters
+    ----------
+    store : FhirStore
+    index : DicomIndex
+        The (scanned) index of the served folder.
+
+    Returns
+    -------
+    int
+        How many resources were written or checked (0 when up to date).
+    """
+    root = Path(index.root)
+    marker = Path(store.db_path).with_name(Path(store.db_path).name + ".record")
+    fingerprint = _record_fingerprint(index, root)
+    loaded = _read_or_none(store, "Endpoint", ENDPOINT_ID) is not None
+    if loaded and marker.exists() and marker.read_text() == fingerprint:
+        return 0
+    if (root / "cohort.json").exists():
+        count = load_into(store, build_clinical_resources(root, index))
+    else:
+        count = len(sync_imaging_from_index(store, index))
+    partial = marker.with_name(marker.name + ".tmp")
+    partial.write_text(fingerprint)
+    partial.replace(marker)
+    log.info("FHIR record of %s: %d resources written", root, count)
     return count
 
 

@@ -421,7 +421,7 @@ def _series_element(series: SeriesFacts, timezone: str) -> dict[str, Any]:
     number = _positive(series.number)
     if number is not None:
         element["number"] = number
-    element["modality"] = modality_coding(series.modality or "OT")
+    element["modality"] = modality_coding(series.modality.strip() or "OT")
     if series.description.strip():
         element["description"] = series.description.strip()
     element["numberOfInstances"] = len(series.instances)
@@ -482,7 +482,8 @@ def imaging_study_resource(
         "status": "available",
         "subject": {"reference": f"Patient/{patient_id(study.patient)}"},
     }
-    modalities = _unique(s.modality.strip().upper() for s in series)
+    # a series without Modality is written as OT ("Other"), here and in series[]
+    modalities = _unique(s.modality.strip().upper() or "OT" for s in series)
     if modalities:
         resource["modality"] = [modality_coding(m) for m in modalities]
     started = dicom_datetime(study.date, study.time, study.timezone)

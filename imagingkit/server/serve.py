@@ -56,6 +56,7 @@ def build_components(
     """
     from imagingkit.fhircast.hub import FhircastHub
     from imagingkit.iid.facade import IidFacade
+    from imagingkit.sandbox.clinical import populate_fhir_store
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.sandbox.fhir import FhirStore
     from imagingkit.sandbox.generate import ensure_sandbox
@@ -74,6 +75,7 @@ def build_components(
         store = DicomWebStore.for_folder(root, settings=settings)
         fhir_name = f"sandbox-{size}-{seed}"
     fhir = FhirStore.for_data_dir(settings.data_dir, fhir_name, settings=settings)
+    populate_fhir_store(fhir, store.index)  # the clinical record / DICOMcast-like sync
     return [store, fhir, IidFacade(timeout=settings.timeout), BuiltinViewer(), FhircastHub()]
 
 
