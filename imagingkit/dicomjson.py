@@ -19,8 +19,8 @@ Encoding rules (PS3.18 §F.2.2–F.2.7), applied identically by both paths:
   DT, IS, TM and UI); LT, ST, UT and UR are never split on backslash;
 * PN values are ``{"Alphabetic": …, "Ideographic": …, "Phonetic": …}`` objects, empty
   groups omitted (§F.2.2);
-* IS and DS are JSON numbers (a value that is not a number is kept as its string, and so
-  are NaN and infinities, which JSON cannot carry); binary numbers likewise;
+* IS and DS are JSON numbers, binary numbers likewise; a value that is not a finite
+  number (``"1A"``, NaN, infinities) cannot be carried by JSON and becomes ``null``;
 * AT values are ``"GGGGEEEE"`` strings;
 * OB, OD, OF, OL, OV, OW and UN values are ``"InlineBinary"`` (base64) when at most
   *bulk_threshold* bytes long; longer ones become a ``"BulkDataURI"`` given by the
@@ -117,8 +117,8 @@ def _clean(text: str, vr: str) -> str:
     return text.lstrip(" ") if vr in _STRIP_LEADING_VRS else text
 
 
-def _number_or_text(text: str, vr: str) -> int | float | str:
-    """Return an IS/DS component as a JSON number, or the text if it is not a finite one."""
+def _number(text: str, vr: str) -> int | float | None:
+    """Return an IS/DS component as a JSON number, or None if it is not a finite number."""
     try:
         if vr == "IS":
             return int(text)
@@ -127,9 +127,9 @@ def _number_or_text(text: str, vr: str) -> int | float | str:
         try:  # an IS written as "12.0" is still a number
             number = float(text)
         except ValueError:
-            return text
+            return None
     if not math.isfinite(number):
-        return text
+        return None
     if vr == "IS" or ("." not in text and "e" not in text and "E" not in text):
         return int(number) if number == int(number) else number
     return number
@@ -154,7 +154,7 @@ def _string_value(text: str, vr: str) -> list[Any]:
         elif vr == "PN":
             values.append(_pn_object(item))
         elif vr in ("IS", "DS"):
-            values.append(_number_or_text(item, vr))
+            values.append(_number(item, vr))
         else:
             values.append(item)
     if all(v is None for v in values):
@@ -162,8 +162,8 @@ def _string_value(text: str, vr: str) -> list[Any]:
     return values
 
 
-def _finite_or_text(value: float) -> float | str:
-    return value if math.isfinite(value) else repr(value)
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _bytes_entry(
@@ -294,7 +294,9 @@ class _DatasetConverter:
         if vr in _NUMBER_FORMATS:
             if isinstance(value, (bytes, bytearray)):
                 return self._raw_entry(elem, prefix, pixel_rep)
-            numbers = [_finite_or_text(float(v)) if vr in ("FL", "FD") else int(v) for v in values]
+            numbers = [_finite(float(v)) if vr in ("FL", "FD") else int(v) for v in values]
+            if all(n is None for n in numbers):
+                return {"vr": vr}
             return {"vr": vr, "Value": numbers}
         if vr == "AT":
             return {"vr": vr, "Value": [f"{int(v):08X}" for v in values]}
@@ -758,7 +760,9 @@ class _FastReader:
                 raise _NeedPydicom
             numbers = list(struct.unpack_from(f"<{length // size}{fmt}", buf, pos))
             if vr in ("FL", "FD"):
-                numbers = [_finite_or_text(v) for v in numbers]
+                numbers = [_finite(v) for v in numbers]
+                if all(n is None for n in numbers):
+                    return {"vr": vr}
             return {"vr": vr, "Value": numbers}
         if vr == "AT":
             if length % 4:

@@ -92,6 +92,8 @@ def test_value_encoding_rules() -> None:
     ds.ImageType = ["ORIGINAL", "", "AXIAL"]
     ds.PixelSpacing = ["0.5", "0.5"]
     ds.InstanceNumber = "7"
+    ds.SliceLocation = "NaN"
+    ds.ImagePositionPatient = ["1.5", "inf", "-2"]
     ds.StudyDescription = "  leading kept, trailing dropped   "
     ds.Rows = 512
     ds.add_new(0x00091010, "OB", b"\x01\x02")
@@ -103,11 +105,21 @@ def test_value_encoding_rules() -> None:
     assert out["00080008"]["Value"] == ["ORIGINAL", None, "AXIAL"]
     assert out["00280030"]["Value"] == [0.5, 0.5]
     assert out["00200013"]["Value"] == [7]
+    assert out["00201041"] == {"vr": "DS"}
+    assert out["00200032"]["Value"] == [1.5, None, -2]
     assert out["00081030"]["Value"] == ["  leading kept, trailing dropped"]
     assert out["00280010"] == {"vr": "US", "Value": [512]}
     assert out["00091010"] == {"vr": "OB", "InlineBinary": "AQI="}
     assert out["00091011"] == {"vr": "OB", "BulkDataURI": "bulk/00091011"}
     assert "00091011" not in dataset_to_dicom_json(ds)  # no URI factory: bulk data left out
+
+
+def test_a_number_that_is_not_one_has_no_json_value() -> None:
+    path = Path(get_testdata_file("badVR.dcm"))  # NumberOfFrames "1A"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert read_dicom_json(path).dataset["00280008"] == {"vr": "IS"}
+        assert _pydicom_json(path)["00280008"] == {"vr": "IS"}
 
 
 def test_pixel_data_is_a_bulk_data_uri_in_both_readers() -> None:
