@@ -261,7 +261,7 @@ class IIDHandler(BaseHandler):
             "named above; requests look like <code>?requestType=STUDY&amp;studyUID=1.2.3</code> "
             "or <code>?requestType=PATIENT&amp;patientID=ID%5E%5E%5E%26OID%26ISO</code>.",
             404: "No study matched. Check the identifiers and the date range.",
-            409: "Give the patient identifier with its assigning authority.",
+            409: "The request matches more than one patient; be more specific.",
             414: "Ask for fewer studies per request.",
             502: "The image archive could not be reached; try again later.",
         }

@@ -425,16 +425,22 @@ class HTTPStudyResolver:
     async def studies_for_accessions(self, accession_numbers: Sequence[str]) -> list[str]:
         """Return the studies with these accession numbers (QIDO-RS ``AccessionNumber``).
 
+        Accession numbers are unique only within their issuer, so studies of more than
+        one patient (PatientID and IssuerOfPatientID) are refused, not shown together.
+
         Raises
         ------
         IIDError
-            If QIDO-RS cannot answer (status 502).
+            If QIDO-RS cannot answer (status 502), or the numbers match studies of
+            several patients (status 409).
         """
         uids: list[str] = []
+        patients: set[tuple[str, str]] = set()
+        fields = (*_DATE_FIELDS, "00100020", "00100021")
         for number in accession_numbers:
             try:
                 results = await self._qido(
-                    [("AccessionNumber", number), *(("includefield", t) for t in _DATE_FIELDS)]
+                    [("AccessionNumber", number), *(("includefield", t) for t in fields)]
                 )
             except IIDError as exc:
                 raise IIDError(
@@ -446,6 +452,18 @@ class HTTPStudyResolver:
                 match = qido_match(dataset)
                 if match is not None and match.study_uid not in uids:
                     uids.append(match.study_uid)
+                    patients.add(
+                        (
+                            str(_first(dataset, "00100020") or ""),
+                            str(_first(dataset, "00100021") or ""),
+                        )
+                    )
+        if len(patients) > 1:
+            raise IIDError(
+                f"the accession number(s) match studies of {len(patients)} different patients; "
+                "ask by studyUID instead",
+                status=409,
+            )
         return uids
 
 

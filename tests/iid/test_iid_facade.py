@@ -100,8 +100,19 @@ def test_accession_numbers_resolve_through_qido(
     response = iid(server, "requestType=STUDY&accessionNumber=ACC2")
     assert response.status_code == 302, response.text
     assert response.headers["Location"] == f"/viewer/?study={S2}"
-    both = iid(server, "requestType=STUDY&accessionNumber=ACC2,ACC4")
-    assert both.headers["Location"] == f"/viewer/?study={S2},{S4}"
+    both = iid(server, "requestType=STUDY&accessionNumber=ACC2,ACC1")
+    assert both.headers["Location"] == f"/viewer/?study={S2},{S1}"
+
+
+@pytest.mark.orthanc
+def test_accession_numbers_of_different_patients_are_refused(
+    facade_with: Callable[..., AppServer], iid_orthanc: OrthancServer
+) -> None:
+    server = facade_with(dicomweb_base=iid_orthanc.dicomweb)
+    response = iid(server, "requestType=STUDY&accessionNumber=ACC2,ACC4")
+    assert response.status_code == 409
+    assert "match studies of 2 different patients" in response.text
+    assert "Location" not in response.headers
 
 
 @pytest.mark.orthanc

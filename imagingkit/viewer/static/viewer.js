@@ -99,43 +99,48 @@
   // -- series list -------------------------------------------------------------------
 
   async function loadStudies(studies, wantedSeries) {
-    const all = [];
-    for (const study of studies) {
-      const info = await qido(`/studies?StudyInstanceUID=${study}&includefield=00081030`);
-      if (info.length) {
-        const ds = info[0];
-        $("study-info").textContent = [formatName(text(ds, "00100010")), text(ds, "00100020"),
-          formatDate(text(ds, "00080020")), text(ds, "00081030")].filter(Boolean).join(" · ");
-      }
-      const series = await qido(`/studies/${study}/series?includefield=0008103E,00200011`);
-      series.sort((a, b) => (Number(text(a, "00200011")) || 0) - (Number(text(b, "00200011")) || 0));
-      for (const ds of series) all.push({ study, ds });
-    }
-    if (!all.length) throw new Error("no series found for this study");
     const list = $("series-list");
     list.replaceChildren();
     const buttons = [];
-    for (const item of all) {
-      const uid = text(item.ds, "0020000E");
-      const li = document.createElement("li");
-      const b = document.createElement("button");
-      b.type = "button";
-      b.dataset.series = uid;
-      const label = text(item.ds, "0008103E") || "(no description)";
-      b.textContent = `${text(item.ds, "00080060")} #${text(item.ds, "00200011")} ${label}`;
-      const sub = document.createElement("span");
-      sub.className = "sub";
-      sub.textContent = `${text(item.ds, "00201209") || "?"} instance(s)`;
-      b.appendChild(sub);
-      b.addEventListener("click", () => selectSeries(item.study, uid, b));
-      li.appendChild(b);
-      list.appendChild(li);
-      buttons.push({ item, uid, b });
+    for (const study of studies) {
+      const info = await qido(`/studies?StudyInstanceUID=${study}&includefield=00081030`);
+      const ds = info[0];
+      if (ds && !$("study-info").textContent) {
+        $("study-info").textContent = [formatName(text(ds, "00100010")), text(ds, "00100020")]
+          .filter(Boolean).join(" · ");
+      }
+      const heading = document.createElement("li");
+      heading.className = "study";
+      heading.textContent = ds
+        ? [formatDate(text(ds, "00080020")), text(ds, "00081030")].filter(Boolean).join(" · ")
+        : `Study ${study} (not found)`;
+      list.appendChild(heading);
+      const series = await qido(`/studies/${study}/series?includefield=0008103E,00200011`);
+      series.sort((a, b) => (Number(text(a, "00200011")) || 0) - (Number(text(b, "00200011")) || 0));
+      for (const sds of series) {
+        const uid = text(sds, "0020000E");
+        if (!UID.test(uid)) continue;
+        const li = document.createElement("li");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.series = uid;
+        const label = text(sds, "0008103E") || "(no description)";
+        b.textContent = `${text(sds, "00080060")} #${text(sds, "00200011")} ${label}`;
+        const sub = document.createElement("span");
+        sub.className = "sub";
+        sub.textContent = `${text(sds, "00201209") || "?"} instance(s)`;
+        b.appendChild(sub);
+        b.addEventListener("click", () => selectSeries(study, uid, b));
+        li.appendChild(b);
+        list.appendChild(li);
+        buttons.push({ study, uid, b, modality: text(sds, "00080060") });
+      }
     }
+    if (!buttons.length) throw new Error("no series found for this study");
     const chosen = buttons.find((x) => wantedSeries.includes(x.uid))
-      || buttons.find((x) => !["SR", "KO", "PR", "DOC"].includes(text(x.item.ds, "00080060")))
+      || buttons.find((x) => !["SR", "KO", "PR", "DOC", "SEG"].includes(x.modality))
       || buttons[0];
-    await selectSeries(chosen.item.study, chosen.uid, chosen.b);
+    await selectSeries(chosen.study, chosen.uid, chosen.b);
   }
 
   async function selectSeries(study, series, button) {
