@@ -17,6 +17,7 @@ files are read straight from their offset in the file.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import os
@@ -46,6 +47,7 @@ from imagingkit.errors import InvalidDICOMError
 
 __all__ = [
     "LOSSLESS_TARGETS",
+    "HeaderCache",
     "StoredInstance",
     "TranscodeError",
     "as_stored_syntax",
@@ -112,6 +114,15 @@ class StoredInstance:
         """Whether the pixel data is compressed (encapsulated, PS3.5 A.4)."""
         return self.transfer_syntax not in UNCOMPRESSED_SYNTAXES
 
+    @property
+    def direct_frames(self) -> bool:
+        """Whether native frames are read straight from the file (cheap, no parse)."""
+        return (
+            self.transfer_syntax in _LITTLE_ENDIAN_NATIVE
+            and self.pixel_offset is not None
+            and self.frame_length_bits() % 8 == 0
+        )
+
     def frame_length_bits(self) -> int:
         """Length of one native frame in bits (PS3.5 §8.1.1; YBR_FULL_422 subsampled)."""
         ds = self.header
@@ -143,7 +154,7 @@ class StoredInstance:
         bits = self.frame_length_bits()
         if bits % 8 == 0:
             size = bits // 8
-            if self.transfer_syntax in _LITTLE_ENDIAN_NATIVE and self.pixel_offset is not None:
+            if self.direct_frames and self.pixel_offset is not None:
                 with open(self.path, "rb") as f:  # straight from the file, no parse
                     f.seek(self.pixel_offset + index * size)
                     frame = f.read(size)
@@ -253,30 +264,77 @@ def _decode_frame(instance: StoredInstance, index: int) -> bytes:
 # --------------------------------------------------------------------------- loading
 
 
-_cache_lock = threading.Lock()
+class HeaderCache:
+    """A small LRU cache of parsed headers, keyed by path, size and modification time
+    (so a replaced file is parsed again).
+
+    Parameters
+    ----------
+    size : int
+        How many headers to keep.
+    """
+
+    def __init__(self, size: int = _HEADER_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[tuple[str, int, int], StoredInstance] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def peek(self, path: Path) -> StoredInstance | None:
+        """Return the cached header of *path* if it is current, without parsing."""
+        try:
+            key = _key(path)
+        except InvalidDICOMError:
+            return None
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def load(self, path: Path | str) -> StoredInstance:
+        """Return the header of *path*, parsing it if it is not cached.
+
+        Raises
+        ------
+        InvalidDICOMError
+            If the file cannot be read as DICOM.
+        """
+        key = _key(Path(path))
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        parsed = _parse(key[0])
+        with self._lock:
+            self._items[key] = parsed
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return parsed
+
+
+def _key(path: Path) -> tuple[str, int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise InvalidDICOMError(f"cannot read {path.name}: {exc.strerror}") from exc
+    return str(path), stat.st_mtime_ns, stat.st_size
 
 
 def load_instance(path: Path | str) -> StoredInstance:
-    """Parse (or fetch from the cache) the header of the file at *path*.
-
-    The cache key includes the file's size and modification time, so a replaced file
-    is parsed again.
+    """Parse the header of the file at *path* (uncached; see :class:`HeaderCache`).
 
     Raises
     ------
     InvalidDICOMError
         If the file cannot be read as DICOM.
     """
-    path = Path(path)
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise InvalidDICOMError(f"cannot read {path.name}: {exc.strerror}") from exc
-    return _load(str(path), stat.st_mtime_ns, stat.st_size)
+    return _parse(str(path))
 
 
-@functools.lru_cache(maxsize=_HEADER_CACHE_SIZE)
-def _load(path: str, mtime_ns: int, size: int) -> StoredInstance:
+def _parse(path: str) -> StoredInstance:
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER, force=True)
     except Exception as exc:

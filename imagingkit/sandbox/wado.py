@@ -67,11 +67,11 @@ from imagingkit.render.encode import (
 from imagingkit.render.lut import Window, display_frame
 from imagingkit.sandbox.dicom_index import DicomIndex, InstanceRecord
 from imagingkit.sandbox.stored_instance import (
+    HeaderCache,
     StoredInstance,
     TranscodeError,
     as_stored_syntax,
     can_transcode,
-    load_instance,
     transcode,
 )
 from imagingkit.server.app import RouteList
@@ -169,6 +169,7 @@ class WadoService:
         )
         self._metadata_lock = threading.Lock()
         self.buffers = BufferPool()
+        self.headers = HeaderCache()
 
     def close(self) -> None:
         """Stop the worker threads (pending work is finished first)."""
@@ -263,8 +264,11 @@ class _WadoHandler(BaseHandler):
 
     async def stored(self, record: InstanceRecord) -> StoredInstance:
         """The parsed header of *record*'s file (cached)."""
+        cached = self.wado.headers.peek(record.path)
+        if cached is not None:
+            return cached
         try:
-            return await self.wado.run(load_instance, record.path)
+            return await self.wado.run(self.wado.headers.load, record.path)
         except InvalidInputError as exc:
             raise HTTPProblem(
                 500, f"stored file of {record.sop_uid} is unreadable: {exc}"
@@ -673,9 +677,10 @@ class FramesHandler(_WadoHandler):
         part_type = _frame_part_type(stored, choice.as_stored)
         writer = MultipartWriter(choice.media)
         read = stored.stored_frame if choice.as_stored else stored.native_frame
+        inline = stored.direct_frames and not (choice.as_stored and stored.encapsulated)
         for index in indices:
             try:
-                data = await self.wado.run(read, index)
+                data = read(index) if inline else await self.wado.run(read, index)
             except TranscodeError as exc:
                 if self._started:
                     log.warning("frames answer cut short: %s", exc)
