@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--seed", type=int, default=42, help="sandbox seed")
     serve.add_argument("--base-url", default="/", help="path prefix of every route")
+    serve.add_argument(
+        "--ohif",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also serve a built OHIF viewer (dist/ of npm @ohif/app) at /ohif/",
+    )
 
     gen = sub.add_parser("generate", help="generate the sandbox data without serving it")
     gen.add_argument("--data-dir", type=Path, default=None)
@@ -62,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dicom_dir=args.dicom_dir,
                 size=args.size,
                 seed=args.seed,
+                ohif=args.ohif,
             )
             serve(components, host=settings.host, port=args.port, base_url=args.base_url)
         elif args.command == "generate":

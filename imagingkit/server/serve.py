@@ -34,6 +34,7 @@ def build_components(
     dicom_dir: Path | None = None,
     size: str = "default",
     seed: int = 42,
+    ohif: Path | None = None,
 ) -> list[Component]:
     """Create the served components for the chosen data source.
 
@@ -49,6 +50,9 @@ def build_components(
         Sandbox size.
     seed : int
         Sandbox seed; the same seed always gives the same data.
+    ohif : Path, optional
+        A built OHIF app (``dist/`` of npm ``@ohif/app``) to serve at ``/ohif/`` as the
+        IID facade's default viewer.
 
     Returns
     -------
@@ -61,9 +65,11 @@ def build_components(
     from imagingkit.sandbox.fhir import FhirStore
     from imagingkit.sandbox.generate import ensure_sandbox
     from imagingkit.viewer import BuiltinViewer
+    from imagingkit.viewer.ohif import OHIFApp
 
     if sandbox == (dicom_dir is not None):
         raise SandboxError("choose exactly one of --sandbox and --dicom-dir")
+    ohif_app = None if ohif is None else OHIFApp(ohif)  # checks DIR before the slow work
     if dicom_dir is not None:
         root = Path(dicom_dir).expanduser().resolve()
         if not root.is_dir():
@@ -76,7 +82,12 @@ def build_components(
         fhir_name = f"sandbox-{size}-{seed}"
     fhir = FhirStore.for_data_dir(settings.data_dir, fhir_name, settings=settings)
     populate_fhir_store(fhir, store.index)  # the clinical record / DICOMcast-like sync
-    return [store, fhir, IidFacade(timeout=settings.timeout), BuiltinViewer(), FhircastHub()]
+    iid = IidFacade(timeout=settings.timeout, ohif=ohif_app is not None)
+    components: list[Component] = [store, fhir, iid, BuiltinViewer(), FhircastHub()]
+    if ohif_app is not None:  # last: it answers file paths at the root
+        ohif_app.reserved = tuple(c.mount for c in components)
+        components.append(ohif_app)
+    return components
 
 
 def serve(
