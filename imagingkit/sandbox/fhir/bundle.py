@@ -32,7 +32,7 @@ a batch cannot refer to each other.
 
 from __future__ import annotations
 
-import copy
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +66,7 @@ class _Entry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _parse_entry(index: int, raw: Any) -> _Entry:
+def _parse_entry(index: int, raw: Any, *, copy: bool = True) -> _Entry:
     where = f"Bundle.entry[{index}]"
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{where} is not an object")
@@ -90,7 +90,8 @@ def _parse_entry(index: int, raw: Any) -> _Entry:
         resource = raw.get("resource")
         if not isinstance(resource, dict):
             raise InvalidInputError(f"{where} ({method} {url}) has no resource")
-        entry.resource = copy.deepcopy(resource)
+        # references are rewritten in place: work on a private copy of a caller's dict
+        entry.resource = json.loads(json.dumps(resource)) if copy else resource
     if method == "GET" or method == "HEAD":
         return entry
     parts = urlsplit(url)
@@ -224,9 +225,13 @@ def _resolve_references(
 
 
 def _run_transaction(
-    interactions: Interactions, raw_entries: list[Any], urls: BaseUrls | None, minimal: bool
+    interactions: Interactions,
+    raw_entries: list[Any],
+    urls: BaseUrls | None,
+    minimal: bool,
+    copy: bool,
 ) -> dict[str, Any]:
-    entries = [_parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+    entries = [_parse_entry(i, raw, copy=copy) for i, raw in enumerate(raw_entries)]
     responses: dict[int, Response] = {}
     with interactions.storage.transaction():
         mapping = _plan_ids(interactions, entries)
@@ -292,13 +297,17 @@ def _run_entry(
 
 
 def _run_batch(
-    interactions: Interactions, raw_entries: list[Any], urls: BaseUrls | None, minimal: bool
+    interactions: Interactions,
+    raw_entries: list[Any],
+    urls: BaseUrls | None,
+    minimal: bool,
+    copy: bool,
 ) -> dict[str, Any]:
     out = []
     for index, raw in enumerate(raw_entries):
         try:
             with interactions.storage.transaction():
-                entry = _parse_entry(index, raw)
+                entry = _parse_entry(index, raw, copy=copy)
                 _plan_ids(interactions, [entry])
                 if entry.resource is not None:
                     _resolve_references(interactions, entry, {}, urls)
@@ -320,6 +329,7 @@ def process_bundle(
     urls: BaseUrls | None,
     *,
     minimal: bool = False,
+    copy: bool = True,
 ) -> dict[str, Any]:
     """Process a transaction or batch Bundle and return the response Bundle.
 
@@ -333,6 +343,9 @@ def process_bundle(
         in-process callers.
     minimal : bool
         ``Prefer: return=minimal``: leave resources out of the response entries.
+    copy : bool
+        Work on copies of the entries' resources (False when the Bundle was just parsed
+        from a request and nobody else holds it).
 
     Raises
     ------
@@ -341,5 +354,5 @@ def process_bundle(
     """
     kind, entries = _check_bundle(bundle)
     if kind == "transaction":
-        return _run_transaction(interactions, entries, urls, minimal)
-    return _run_batch(interactions, entries, urls, minimal)
+        return _run_transaction(interactions, entries, urls, minimal, copy)
+    return _run_batch(interactions, entries, urls, minimal, copy)

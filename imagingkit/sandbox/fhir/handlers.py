@@ -209,7 +209,7 @@ class _RootHandler(FhirHandler):
         bundle = self.json_body()
         minimal = self.prefer("return") == "minimal"
         result = await self.run(
-            process_bundle, self.interactions, bundle, self.urls, minimal=minimal
+            process_bundle, self.interactions, bundle, self.urls, minimal=minimal, copy=False
         )
         self.send_json(200, result)
 

@@ -103,17 +103,21 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def iter_references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(element path, Reference dict)`` for every literal reference in *value*."""
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        if isinstance(ref, str):
-            yield path, value
-        for key, item in value.items():
-            if key != "contained":
-                yield from iter_references(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for item in value:
-            yield from iter_references(item, path)
+    """Yield ``(element path, Reference dict)`` for every literal reference in *value*.
+
+    Contained resources are skipped (their ``#id`` references are local to the resource).
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("reference"), str):
+                yield where, item
+            for key, child in item.items():
+                if key != "contained" and isinstance(child, (dict, list)):
+                    stack.append((child, f"{where}.{key}"))
+        else:
+            stack.extend((child, where) for child in item if isinstance(child, (dict, list)))
 
 
 class Repository:
@@ -188,8 +192,7 @@ class Repository:
             elif key in pending:
                 exists = True
             else:
-                current = self.storage.current(ref.type, ref.id or "")
-                exists = current is not None and not current.deleted
+                exists = self.storage.exists(ref.type, ref.id or "")
             if not exists:
                 raise InvalidInputError(
                     f"{path} refers to {text!r}, which does not exist on this server"

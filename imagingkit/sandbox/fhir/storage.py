@@ -130,10 +130,18 @@ class Stored:
         """The weak ETag of this version (R4 http §3.1.0.9: ``W/"n"``)."""
         return f'W/"{self.version}"'
 
+    def keep(self, resource: dict[str, Any]) -> None:
+        """Remember the dict this version was written from; :meth:`resource` hands it out
+        (once) instead of parsing the body again."""
+        object.__setattr__(self, "_parsed", resource)
+
     def resource(self) -> dict[str, Any]:
         """Return the parsed resource (raises if this version is a deletion)."""
         if self.body is None:
             raise SandboxError(f"{self.type}/{self.id} version {self.version} is a deletion")
+        kept: dict[str, Any] | None = self.__dict__.pop("_parsed", None)
+        if kept is not None:
+            return kept
         parsed: dict[str, Any] = json.loads(self.body)
         return parsed
 
@@ -278,6 +286,14 @@ class Storage:
             ).fetchone()
         return _row(row) if row else None
 
+    def exists(self, type_: str, id_: str) -> bool:
+        """Whether ``type_/id_`` exists and is not deleted."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT deleted FROM resource WHERE type = ? AND id = ?", (type_, id_)
+            ).fetchone()
+        return row is not None and not row[0]
+
     def version(self, type_: str, id_: str, version: int) -> Stored | None:
         """Return version *version* of ``type_/id_``, or None."""
         with self._lock:
@@ -381,8 +397,10 @@ class Storage:
         rows = extract_rows(resource)
         body = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
         rid = self._append(previous, rtype, rid_text, version, updated_ms, method, body)
-        self._reindex(rid, rtype, rows)
-        return Stored(rid, rtype, rid_text, version, updated_ms, False, body, method)
+        self._reindex(rid, rtype, rows, fresh=previous is None)
+        stored = Stored(rid, rtype, rid_text, version, updated_ms, False, body, method)
+        stored.keep(resource)
+        return stored
 
     def delete(self, type_: str, id_: str) -> Stored | None:
         """Record a deletion of ``type_/id_`` (R4 http §3.1.0.7); None if absent or deleted."""
@@ -428,9 +446,17 @@ class Storage:
         )
         return rid
 
-    def _reindex(self, rid: int, type_: str, rows: dict[str, list[tuple[Any, ...]]] | None) -> None:
+    def _reindex(
+        self,
+        rid: int,
+        type_: str,
+        rows: dict[str, list[tuple[Any, ...]]] | None,
+        *,
+        fresh: bool = False,
+    ) -> None:
         for table, columns in INDEX_TABLES.items():
-            self.conn.execute(f"DELETE FROM idx_{table} WHERE rid = ?", (rid,))
+            if not fresh:
+                self.conn.execute(f"DELETE FROM idx_{table} WHERE rid = ?", (rid,))
             if not rows or not rows[table]:
                 continue
             marks = ",".join("?" * (len(columns) + 4))
