@@ -27,6 +27,7 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels.utils import pack_bits, unpack_bits
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from servers import multipart_parts
 
@@ -85,6 +86,10 @@ def _write(
     return path
 
 
+#: three 5×5 one-bit frames: 25 bits each, so frames 2 and 3 start inside a byte
+BIT_FRAMES = (np.arange(75).reshape(3, 5, 5) % 3 == 0).astype(np.uint8)
+
+
 @dataclass
 class Store:
     base: str
@@ -94,6 +99,7 @@ class Store:
     twins: list[InstanceRecord]  # MONOCHROME2 then MONOCHROME1, same stored pixels
     multiframe: InstanceRecord  # 4 frames, uint16, Explicit VR Little Endian
     mixed: list[InstanceRecord]  # one plain instance, one in a syntax nobody decodes
+    bits: InstanceRecord  # BIT_FRAMES, bit-packed
 
     def url(self, record: InstanceRecord, suffix: str = "") -> str:
         return (
@@ -152,7 +158,18 @@ def _generated(root: Path) -> dict[str, list[Path]]:
             syntax="1.2.840.10008.1.2.4.100",
         ),
     ]
-    return {"ct": ct, "twins": twins, "multi": [multi], "mixed": mixed}
+    bits = _write(
+        root / "gen" / "bits.dcm",
+        np.zeros((3, 5, 5), np.uint8),  # replaced below: 1-bit frames of 25 bits each
+        study=study,
+        series=generate_uid(),
+        number=1,
+    )
+    ds = pydicom.dcmread(bits)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pack_bits(BIT_FRAMES.ravel())
+    ds.save_as(bits, enforce_file_format=True)
+    return {"ct": ct, "twins": twins, "multi": [multi], "mixed": mixed, "bits": [bits]}
 
 
 def _serve(routes: RouteList) -> tuple[str, threading.Thread, asyncio.AbstractEventLoop]:
@@ -216,6 +233,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         twins=records(generated["twins"]),
         multiframe=records(generated["multi"])[0],
         mixed=records(generated["mixed"]),
+        bits=records(generated["bits"])[0],
     )
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -410,6 +428,10 @@ def test_series_metadata_with_bulkdata_uris_that_resolve(
     response = _get(f"{store.base}/studies/{record.study_uid}/series/{record.series_uid}/metadata")
     metadata = response.json()
     assert [m["00080018"]["Value"][0] for m in metadata] == [r.sop_uid for r in store.ct]
+    by_client = client.retrieve_series_metadata(record.study_uid, record.series_uid)
+    assert [pydicom.Dataset.from_json(m).SOPInstanceUID for m in by_client] == [
+        r.sop_uid for r in store.ct
+    ]
     for item, rec in zip(metadata, store.ct, strict=True):
         ds = pydicom.dcmread(rec.path)
         assert item["00280010"] == {"vr": "US", "Value": [int(ds.Rows)]}
@@ -538,6 +560,18 @@ def test_frame_lists_and_errors(store: Store) -> None:
     )
     single = _get(store.url(record, "/frames/2"), "application/octet-stream")
     assert single.content == reference[1].tobytes()
+
+
+def test_one_bit_frames_are_repacked_from_their_bit_offset(store: Store) -> None:
+    """PS3.5 §8.1.1: 1-bit frames are packed back to back, so frame 2 of 25-bit frames
+    starts at bit 25; each answered frame is packed on its own."""
+    parts = _parts(_get(store.url(store.bits, "/frames/1,2,3"), FRAMES))
+    for (_, body), expected in zip(parts, BIT_FRAMES, strict=True):
+        assert len(body) == 4  # 25 bits, padded to whole bytes
+        assert np.array_equal(unpack_bits(body)[:25].reshape(5, 5), expected)
+    record = store.bits
+    got = pydicom.dcmread(io.BytesIO(_parts(_get(store.url(record), INSTANCE))[0][1]))
+    assert np.array_equal(got.pixel_array, BIT_FRAMES)
 
 
 # --------------------------------------------------------------------------- rendered, thumbnail
