@@ -32,12 +32,17 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from servers import multipart_parts
 
 from imagingkit.config import Settings
-from imagingkit.dicomweb.mediatypes import UNCOMPRESSED_SYNTAXES, frame_media_type, parse_accept
+from imagingkit.dicomweb.mediatypes import (
+    UNCOMPRESSED_SYNTAXES,
+    choose_frame_representation,
+    frame_media_type,
+    parse_accept,
+)
 from imagingkit.errors import InvalidQueryError
 from imagingkit.render import Window, apply_viewport, display_frame, encode_image
 from imagingkit.render.encode import Viewport
 from imagingkit.sandbox.dicom_index import DicomIndex, InstanceRecord
-from imagingkit.sandbox.wado import choose_frame_representation, wado_routes
+from imagingkit.sandbox.wado import wado_routes
 from imagingkit.server.app import RouteList, make_app
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -11,10 +11,12 @@ Explicit VR Big Endian shall not be used by web services (§8.7.3.5.1).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from imagingkit.dicomweb.multipart import parse_media_type, split_unquoted
 from imagingkit.errors import InvalidQueryError
+from imagingkit.uids import validate_uid
 
 __all__ = [
     "DEFAULT_SYNTAX_FOR_MEDIA_TYPE",
@@ -22,7 +24,12 @@ __all__ = [
     "FORBIDDEN_WEB_SYNTAXES",
     "MEDIA_TYPE_ALIASES",
     "UNCOMPRESSED_SYNTAXES",
+    "FrameChoice",
+    "InstanceChoice",
     "MediaRange",
+    "choose_frame_representation",
+    "choose_instance_representation",
+    "choose_rendered_type",
     "frame_media_type",
     "parse_accept",
 ]
@@ -159,3 +166,124 @@ def parse_accept(header: str | None) -> list[MediaRange]:
         if q > 0:
             ranges.append(MediaRange(media, params, q))
     return sorted(ranges, key=lambda r: -r.q)
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+@dataclass(frozen=True)
+class InstanceChoice:
+    single_part: bool
+    #: acceptable transfer syntaxes in preference order; None = default, "*" = as stored
+    syntaxes: tuple[str | None, ...]
+
+
+def choose_instance_representation(ranges: Sequence[MediaRange]) -> InstanceChoice | None:
+    """Pick the representation of instances from Accept ranges (PS3.18 §8.7.3).
+
+    ``multipart/related; type="application/dicom"`` (with any ``transfer-syntax``),
+    ``*/*`` and ``multipart/*`` give a multipart answer; ``application/dicom`` a single
+    part. Later ranges of the same kind are fallbacks, tried per instance.
+
+    Raises
+    ------
+    InvalidQueryError
+        If a ``transfer-syntax`` parameter is neither ``*`` nor a UID.
+    """
+    kind: bool | None = None
+    syntaxes: list[str | None] = []
+    for r in ranges:
+        if r.media in ("*/*", "multipart/*") or (
+            r.media == "multipart/related" and r.part_type in (None, "application/dicom", "*/*")
+        ):
+            single, syntax = False, r.transfer_syntax
+        elif r.media in ("application/dicom", "application/*"):
+            single, syntax = True, r.transfer_syntax
+        else:
+            continue
+        if syntax is not None and syntax != "*":
+            validate_uid(syntax, lenient=True, what="transfer-syntax")
+        if kind is None:
+            kind = single
+        if single == kind and syntax not in syntaxes:
+            syntaxes.append(syntax)
+    if kind is None:
+        return None
+    return InstanceChoice(kind, tuple(syntaxes))
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    single_part: bool
+    #: send the stored (compressed) bytes rather than native pixels
+    as_stored: bool
+    #: the ``type`` of the multipart body, or the single part's media type
+    media: str
+
+
+def choose_frame_representation(
+    ranges: Sequence[MediaRange], stored: str, count: int
+) -> FrameChoice | None:
+    """Pick how to send *count* frames of an instance stored in *stored* (PS3.18 §8.7.3.3).
+
+    Native pixels (``application/octet-stream``, Explicit VR Little Endian) unless a
+    range asks for the stored compressed form: ``transfer-syntax=*``, the stored syntax,
+    or the media type of the stored syntax (``image/jpeg``, ``image/jp2``, …).
+    """
+    compressed = frame_media_type(stored) != "application/octet-stream"
+    for r in ranges:
+        single = r.media not in ("*/*", "multipart/related", "multipart/*")
+        if single and count != 1:
+            continue
+        media = (r.part_type or "application/octet-stream") if not single else r.media
+        media = MEDIA_TYPE_ALIASES.get(media, media)
+        if media in ("*/*", "application/*") or r.media == "*/*":
+            return FrameChoice(single and r.media != "*/*", False, "application/octet-stream")
+        syntax = r.transfer_syntax
+        if media == "application/octet-stream":
+            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) or (syntax == "*" and not compressed):
+                return FrameChoice(single, False, media)
+            if syntax in ("*", stored) and compressed:
+                return FrameChoice(single, True, media)
+            continue
+        if not compressed:
+            continue
+        stored_media = frame_media_type(stored)
+        kind, _, sub = media.partition("/")
+        wanted = kind == "image" and sub in ("*", stored_media.partition("/")[2])
+        if wanted and syntax in (None, "*", stored):
+            return FrameChoice(single, True, stored_media)
+    return None
+
+
+def choose_rendered_type(
+    ranges: Sequence[MediaRange], offered: Collection[str]
+) -> tuple[str, bool] | None:
+    """Pick the media type of a rendered answer (PS3.18 §8.7.4).
+
+    Parameters
+    ----------
+    ranges : sequence of MediaRange
+        The request's Accept ranges.
+    offered : collection of str
+        The image media types the server can encode, the first being the default
+        (``image/jpeg``).
+
+    Returns
+    -------
+    tuple of (str, bool) or None
+        The media type and whether the answer is ``multipart/related``; None → 406.
+    """
+    default = next(iter(offered))
+    for r in ranges:
+        if r.media in ("*/*", "image/*"):
+            return default, False
+        if r.media in offered:
+            return r.media, False
+        if r.media == "multipart/related":
+            part = r.part_type or default
+            if part == "image/*":
+                part = default
+            if part in offered:
+                return part, True
+    return None

@@ -35,7 +35,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +48,11 @@ from imagingkit.config import Settings
 from imagingkit.dicomjson import read_dicom_json
 from imagingkit.dicomweb.mediatypes import (
     EXPLICIT_VR_LITTLE_ENDIAN,
-    MEDIA_TYPE_ALIASES,
+    InstanceChoice,
     MediaRange,
+    choose_frame_representation,
+    choose_instance_representation,
+    choose_rendered_type,
     frame_media_type,
     parse_accept,
 )
@@ -316,48 +319,7 @@ def _frame_numbers(text: str, available: int) -> list[int]:
 # --------------------------------------------------------------------------- instances
 
 
-@dataclass(frozen=True)
-class _InstanceChoice:
-    single_part: bool
-    #: acceptable transfer syntaxes in preference order; None = default, "*" = as stored
-    syntaxes: tuple[str | None, ...]
-
-
-def choose_instance_representation(ranges: Sequence[MediaRange]) -> _InstanceChoice | None:
-    """Pick the representation of instances from Accept ranges (PS3.18 §8.7.3).
-
-    ``multipart/related; type="application/dicom"`` (with any ``transfer-syntax``),
-    ``*/*`` and ``multipart/*`` give a multipart answer; ``application/dicom`` a single
-    part. Later ranges of the same kind are fallbacks, tried per instance.
-
-    Raises
-    ------
-    InvalidQueryError
-        If a ``transfer-syntax`` parameter is neither ``*`` nor a UID.
-    """
-    kind: bool | None = None
-    syntaxes: list[str | None] = []
-    for r in ranges:
-        if r.media in ("*/*", "multipart/*") or (
-            r.media == "multipart/related" and r.part_type in (None, "application/dicom", "*/*")
-        ):
-            single, syntax = False, r.transfer_syntax
-        elif r.media in ("application/dicom", "application/*"):
-            single, syntax = True, r.transfer_syntax
-        else:
-            continue
-        if syntax is not None and syntax != "*":
-            validate_uid(syntax, lenient=True, what="transfer-syntax")
-        if kind is None:
-            kind = single
-        if single == kind and syntax not in syntaxes:
-            syntaxes.append(syntax)
-    if kind is None:
-        return None
-    return _InstanceChoice(kind, tuple(syntaxes))
-
-
-def _target_syntax(stored: str, choice: _InstanceChoice) -> str | None:
+def _target_syntax(stored: str, choice: InstanceChoice) -> str | None:
     for syntax in choice.syntaxes:
         if syntax is None:
             target = EXPLICIT_VR_LITTLE_ENDIAN
@@ -597,50 +559,6 @@ class MetadataHandler(_WadoHandler):
 # --------------------------------------------------------------------------- frames
 
 
-@dataclass(frozen=True)
-class _FrameChoice:
-    single_part: bool
-    #: send the stored (compressed) bytes rather than native pixels
-    as_stored: bool
-    #: the ``type`` of the multipart body, or the single part's media type
-    media: str
-
-
-def choose_frame_representation(
-    ranges: Sequence[MediaRange], stored: str, count: int
-) -> _FrameChoice | None:
-    """Pick how to send *count* frames of an instance stored in *stored* (PS3.18 §8.7.3.3).
-
-    Native pixels (``application/octet-stream``, Explicit VR Little Endian) unless a
-    range asks for the stored compressed form: ``transfer-syntax=*``, the stored syntax,
-    or the media type of the stored syntax (``image/jpeg``, ``image/jp2``, …).
-    """
-    compressed = frame_media_type(stored) != "application/octet-stream"
-    for r in ranges:
-        single = r.media not in ("*/*", "multipart/related", "multipart/*")
-        if single and count != 1:
-            continue
-        media = (r.part_type or "application/octet-stream") if not single else r.media
-        media = MEDIA_TYPE_ALIASES.get(media, media)
-        if media in ("*/*", "application/*") or r.media == "*/*":
-            return _FrameChoice(single and r.media != "*/*", False, "application/octet-stream")
-        syntax = r.transfer_syntax
-        if media == "application/octet-stream":
-            if syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) or (syntax == "*" and not compressed):
-                return _FrameChoice(single, False, media)
-            if syntax in ("*", stored) and compressed:
-                return _FrameChoice(single, True, media)
-            continue
-        if not compressed:
-            continue
-        stored_media = frame_media_type(stored)
-        kind, _, sub = media.partition("/")
-        wanted = kind == "image" and sub in ("*", stored_media.partition("/")[2])
-        if wanted and syntax in (None, "*", stored):
-            return _FrameChoice(single, True, stored_media)
-    return None
-
-
 def _frame_part_type(instance: StoredInstance, as_stored: bool) -> str:
     if as_stored and instance.encapsulated:
         syntax = instance.transfer_syntax
@@ -752,22 +670,6 @@ class RenderRequest:
     quality: int | None
 
 
-def choose_rendered_type(ranges: Sequence[MediaRange]) -> tuple[str, bool] | None:
-    """Return ``(media type, multipart?)`` for a rendered answer, or None (406)."""
-    for r in ranges:
-        if r.media in ("*/*", "image/*"):
-            return "image/jpeg", False
-        if r.media in RENDERED_MEDIA_TYPES:
-            return r.media, False
-        if r.media == "multipart/related":
-            part = r.part_type or "image/jpeg"
-            if part == "image/*":
-                part = "image/jpeg"
-            if part in RENDERED_MEDIA_TYPES:
-                return part, True
-    return None
-
-
 def _decodable(record: InstanceRecord) -> bool:
     return can_transcode(record.transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN)
 
@@ -796,7 +698,7 @@ class RenderedHandler(_WadoHandler):
     thumbnail = False
 
     def render_request(self) -> RenderRequest:
-        chosen = choose_rendered_type(self.accept_ranges())
+        chosen = choose_rendered_type(self.accept_ranges(), RENDERED_MEDIA_TYPES)
         if chosen is None:
             raise self.not_acceptable(
                 f"a rendered image (offered: {', '.join(sorted(RENDERED_MEDIA_TYPES))})"
