@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -751,3 +752,36 @@ def test_frame_negotiation_table() -> None:
     assert choose("image/jpeg", jpeg, count=2) is None  # one part cannot hold two frames
     rle = 'multipart/related; type="image/x-dicom-rle"'
     assert choose(rle, "1.2.840.10008.1.2.5") == (False, True, "image/dicom-rle")
+
+
+def test_a_file_replaced_on_disk_is_served_fresh(store: Store) -> None:
+    """Cached headers and metadata are keyed by file size and mtime, never stale."""
+    ct = store.ct[0]
+    path = store.root / "gen" / "fresh.dcm"
+    sop = generate_uid()
+
+    def write(value: int, center: str) -> None:
+        _write(
+            path,
+            np.full((8, 8), value, np.uint16),
+            study=ct.study_uid,
+            series=generate_uid(entropy_srcs=["fresh"]),
+            number=1,
+            WindowCenter=center,
+            WindowWidth="10",
+        )
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.save_as(path, enforce_file_format=True)
+
+    write(7, "5")
+    record = store.index.add_file(path)
+    before = _parts(_get(store.url(record, "/frames/1")))[0][1]
+    assert np.frombuffer(before, "<u2").tolist() == [7] * 64
+    assert _get(store.url(record, "/metadata")).json()[0]["00281050"]["Value"] == [5]
+    write(9, "6")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = _parts(_get(store.url(record, "/frames/1")))[0][1]
+    assert np.frombuffer(after, "<u2").tolist() == [9] * 64
+    assert _get(store.url(record, "/metadata")).json()[0]["00281050"]["Value"] == [6]

@@ -53,7 +53,6 @@ __all__ = [
     "as_stored_syntax",
     "can_transcode",
     "instance_bytes",
-    "load_instance",
 ]
 
 #: Compressed syntaxes this store can encode to (lossless only, so never degrading data).
@@ -321,17 +320,6 @@ def _key(path: Path) -> tuple[str, int, int]:
     except OSError as exc:
         raise InvalidDICOMError(f"cannot read {path.name}: {exc.strerror}") from exc
     return str(path), stat.st_mtime_ns, stat.st_size
-
-
-def load_instance(path: Path | str) -> StoredInstance:
-    """Parse the header of the file at *path* (uncached; see :class:`HeaderCache`).
-
-    Raises
-    ------
-    InvalidDICOMError
-        If the file cannot be read as DICOM.
-    """
-    return _parse(str(path))
 
 
 def _parse(path: str) -> StoredInstance:

@@ -75,7 +75,7 @@ from imagingkit.sandbox.stored_instance import (
     TranscodeError,
     as_stored_syntax,
     can_transcode,
-    transcode,
+    instance_bytes,
 )
 from imagingkit.server.app import RouteList
 from imagingkit.server.base import BaseHandler, HTTPProblem
@@ -481,8 +481,7 @@ class RetrieveHandler(_WadoHandler):
                 return future
             if data[128:132] == b"DICM":
                 return data  # already a Part-10 file in the wanted syntax
-            return self.wado.run(transcode, data, target, record.path.name)
-        return self.wado.run(_transcode_file, record.path, target)
+        return self.wado.run(instance_bytes, record.path, record.transfer_syntax_uid, target)
 
 
 def _stored_part10_sizes(jobs: list[tuple[InstanceRecord, str]]) -> list[int] | None:
@@ -515,10 +514,6 @@ def _read_into(path: Path, target: memoryview) -> int:
             return done if not f.read(1) else -1
     except OSError:
         return 0
-
-
-def _transcode_file(path: Path, target: str) -> bytes:
-    return transcode(path.read_bytes(), target, name=path.name)
 
 
 # --------------------------------------------------------------------------- metadata
