@@ -119,6 +119,41 @@ def test_create_assigns_id_and_version(base: str) -> None:
     assert read.headers["Content-Location"] == f"{base}/Patient/{body['id']}/_history/1"
 
 
+def test_conditional_read(base: str) -> None:
+    """R4 http §3.1.0.2.1: ``If-None-Match`` with the current ETag answers 304."""
+    put(f"{base}/Patient/c", patient(id="c"))
+    assert get(f"{base}/Patient/c", **{"If-None-Match": 'W/"1"'}).status_code == 304
+    put(f"{base}/Patient/c", patient(id="c", gender="male"))
+    changed = get(f"{base}/Patient/c", **{"If-None-Match": 'W/"1"'})
+    assert changed.status_code == 200 and changed.json()["gender"] == "male"
+
+
+def test_search_shows_resources_exactly_as_read(base: str) -> None:
+    put(f"{base}/Patient/r", patient(id="r", name=[{"family": "Émile", "given": ["Zoë"]}]))
+    read = get(f"{base}/Patient/r").json()
+    found = get(f"{base}/Patient?_id=r").json()["entry"][0]["resource"]
+    assert found == read
+    pretty = get(f"{base}/Patient?_id=r&_pretty=true")
+    assert pretty.json()["entry"][0]["resource"] == read
+    assert '\n        "resourceType": "Patient"' in pretty.text  # nested, indented
+
+
+def test_references_to_this_server_are_stored_relative(base: str) -> None:
+    """R4 §2.3.0: an absolute reference under the server's own base is a local one."""
+    put(f"{base}/Patient/local", patient(id="local"))
+    study = {
+        "resourceType": "ImagingStudy",
+        "id": "abs",
+        "status": "available",
+        "subject": {"reference": f"{base}/Patient/local"},
+    }
+    stored = put(f"{base}/ImagingStudy/abs", study).json()
+    assert stored["subject"]["reference"] == "Patient/local"
+    assert get(f"{base}/ImagingStudy?patient.family=lovelace").json()["total"] == 1
+    ghost = study | {"id": "ghost", "subject": {"reference": f"{base}/Patient/ghost"}}
+    assert put(f"{base}/ImagingStudy/ghost", ghost).status_code == 400
+
+
 def test_update_versions_and_if_match(base: str) -> None:
     """R4 http §3.1.0.4 update and §3.1.0.4.2 If-Match (412 on a stale version)."""
     created = put(f"{base}/Patient/ada", patient(id="ada"))

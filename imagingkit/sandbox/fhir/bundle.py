@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 from imagingkit.errors import FHIRError, ImagingKitError, InvalidInputError
 from imagingkit.sandbox.fhir.interactions import Interactions, Response, status_line
 from imagingkit.sandbox.fhir.outcome import fhir_error, outcome_for
-from imagingkit.sandbox.fhir.references import TYPE_RE, check_id, parse_reference
-from imagingkit.sandbox.fhir.repository import check_type, iter_references
+from imagingkit.sandbox.fhir.references import TYPE_RE, check_id, iter_references, parse_reference
+from imagingkit.sandbox.fhir.repository import check_type
 from imagingkit.sandbox.fhir.representation import BaseUrls
 
 __all__ = ["process_bundle"]

@@ -44,7 +44,7 @@ from imagingkit.sandbox.fhir.dates import now_instant
 from imagingkit.sandbox.fhir.interactions import Interactions, Response
 from imagingkit.sandbox.fhir.outcome import ISSUE_CODES, operation_outcome, outcome_for
 from imagingkit.sandbox.fhir.references import check_id
-from imagingkit.sandbox.fhir.representation import BaseUrls
+from imagingkit.sandbox.fhir.representation import BaseUrls, dumps
 from imagingkit.server.app import RouteList
 from imagingkit.server.base import BaseHandler
 
@@ -138,7 +138,7 @@ class FhirHandler(BaseHandler):
             return
         self.set_header("Content-Type", f"{FHIR_JSON}; charset=utf-8")
         pretty = self.get_query_argument("_pretty", "false") == "true"
-        text = json.dumps(body, indent=2 if pretty else None, ensure_ascii=False)
+        text = dumps(body, indent=2 if pretty else None)
         self.finish(text.encode("utf-8"))
 
     def send(self, response: Response, *, write: bool = False) -> None:
@@ -236,7 +236,12 @@ class _HistoryHandler(FhirHandler):
 class _TypeHandler(FhirHandler):
     async def get(self, type_: str) -> None:
         response = await self.run(
-            self.interactions.search, type_, self.query_params(), self.urls, strict=self.strict
+            self.interactions.search,
+            type_,
+            self.query_params(),
+            self.urls,
+            strict=self.strict,
+            raw=True,
         )
         self.send(response)
 
@@ -282,7 +287,7 @@ class _SearchHandler(FhirHandler):
             raise InvalidInputError("the _search body is not UTF-8") from None
         params = self.query_params() + form
         response = await self.run(
-            self.interactions.search, type_, params, self.urls, strict=self.strict
+            self.interactions.search, type_, params, self.urls, strict=self.strict, raw=True
         )
         self.send(response)
 
@@ -291,6 +296,13 @@ class _InstanceHandler(FhirHandler):
     async def get(self, type_: str, id_: str) -> None:
         check_id(id_)
         response = await self.run(self.interactions.read, type_, id_, self.urls)
+        stored = response.stored
+        if stored is not None and self.request.headers.get("If-None-Match") == stored.etag:
+            # R4 http §3.1.0.2.1 conditional read: the client's copy is current
+            self.set_header("ETag", stored.etag)
+            self.set_status(304)
+            self.finish()
+            return
         self.send(response)
 
     async def put(self, type_: str, id_: str) -> None:

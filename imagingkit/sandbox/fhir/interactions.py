@@ -211,11 +211,16 @@ class Interactions:
         urls: BaseUrls,
         *,
         strict: bool = False,
+        raw: bool = False,
     ) -> Response:
-        """R4 http §3.1.0.10 search (GET or POST ``_search``): a searchset Bundle."""
+        """R4 http §3.1.0.10 search (GET or POST ``_search``): a searchset Bundle.
+
+        *raw* lets unchanged resources stay stored JSON text (serialise the body with
+        :func:`.representation.dumps`).
+        """
         check_type(type_)
         request = parse_search(type_, params, strict=strict)
-        return Response(200, self.searcher.bundle(request, urls))
+        return Response(200, self.searcher.bundle(request, urls, raw=raw))
 
     def history(
         self,

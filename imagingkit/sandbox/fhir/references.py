@@ -9,11 +9,13 @@ only, a conditional reference (``Patient?identifier=…``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from imagingkit.errors import InvalidInputError
 
-__all__ = ["ID_RE", "TYPE_RE", "Ref", "check_id", "parse_reference"]
+__all__ = ["ID_RE", "TYPE_RE", "Ref", "check_id", "iter_references", "parse_reference"]
 
 #: R4 ``id``: 1–64 of ``A-Z a-z 0-9 - .``
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -69,3 +71,21 @@ def check_id(value: object, *, what: str = "id") -> str:
             f"{what} {value!r} is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"
         )
     return value
+
+
+def iter_references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(element path, Reference dict)`` for every literal reference in *value*.
+
+    Contained resources are skipped (their ``#id`` references are local to the resource).
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("reference"), str):
+                yield where, item
+            for key, child in item.items():
+                if key != "contained" and isinstance(child, (dict, list)):
+                    stack.append((child, f"{where}.{key}"))
+        else:
+            stack.extend((child, where) for child in item if isinstance(child, (dict, list)))

@@ -19,12 +19,12 @@ Rules implemented here:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 from imagingkit.errors import InvalidInputError
 from imagingkit.sandbox.fhir.outcome import fhir_error
-from imagingkit.sandbox.fhir.references import check_id, parse_reference
+from imagingkit.sandbox.fhir.references import check_id, iter_references, parse_reference
 from imagingkit.sandbox.fhir.searchparams import RESOURCE_TYPES
 from imagingkit.sandbox.fhir.storage import Storage, Stored
 
@@ -100,24 +100,6 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
     else:
         out.pop("meta", None)
     return out
-
-
-def iter_references(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(element path, Reference dict)`` for every literal reference in *value*.
-
-    Contained resources are skipped (their ``#id`` references are local to the resource).
-    """
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("reference"), str):
-                yield where, item
-            for key, child in item.items():
-                if key != "contained" and isinstance(child, (dict, list)):
-                    stack.append((child, f"{where}.{key}"))
-        else:
-            stack.extend((child, where) for child in item if isinstance(child, (dict, list)))
 
 
 class Repository:

@@ -20,8 +20,10 @@ rewritten.
 
 In the other direction, a client that writes back an Endpoint whose address is this app's
 own absolute DICOMweb URL (as it read it) has it stored as the placeholder again, so the
-data stays right when the port or base URL changes. In-process callers without a request
-(e.g. :meth:`FhirStore.read` without ``base_url``) see the placeholder.
+data stays right when the port or base URL changes; likewise references written as
+absolute URLs under this server's FHIR base are stored relative (``Patient/1``).
+In-process callers without a request (e.g. :meth:`FhirStore.read` without
+``base_url``) see the placeholder.
 
 ``_elements`` and ``_summary`` (R4 search §3.1.1.5.8-9) return a marked subset
 (``meta.tag`` SUBSETTED).
@@ -30,17 +32,23 @@ data stays right when the port or base URL changes. In-process callers without a
 from __future__ import annotations
 
 import copy
+import json
+import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from imagingkit.errors import InvalidQueryError
+from imagingkit.sandbox.fhir.references import iter_references
 
 __all__ = [
     "PLACEHOLDER",
     "PLACEHOLDERS",
     "SUMMARY_ELEMENTS",
     "BaseUrls",
+    "RawJSON",
+    "dumps",
     "portable",
     "rendered",
     "subset",
@@ -102,8 +110,19 @@ def rendered(resource: dict[str, Any], urls: BaseUrls | None) -> dict[str, Any]:
 
 
 def portable(resource: dict[str, Any], urls: BaseUrls | None) -> dict[str, Any]:
-    """Return *resource* with this app's own DICOMweb URL turned into the placeholder."""
-    if urls is None or resource.get("resourceType") != "Endpoint":
+    """Return *resource* (changed in place) with this server's own absolute URLs made relative.
+
+    A reference ``{fhir base}/Patient/1`` becomes ``Patient/1`` (R4 §2.3.0: a reference
+    to the server's own base is a local one), and this app's DICOMweb URL in
+    ``Endpoint.address`` becomes the placeholder.
+    """
+    if urls is None:
+        return resource
+    own = urls.fhir + "/"
+    for _, ref in iter_references(resource, resource.get("resourceType", "")):
+        if ref["reference"].startswith(own):
+            ref["reference"] = ref["reference"][len(own) :]
+    if resource.get("resourceType") != "Endpoint":
         return resource
     address = resource.get("address")
     own = urls.app + "dicom-web"
@@ -295,3 +314,35 @@ def _is_summary(resource_type: str, key: str) -> bool:
         elif key == name:
             return True
     return False
+
+
+class RawJSON:
+    """Stored resource JSON to put into a response as it is (not parsed and re-encoded).
+
+    Search pages are mostly stored resources shown unchanged; splicing their stored text
+    into the Bundle saves a parse and an encode per resource. See :func:`dumps`.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def dumps(body: Any, *, indent: int | None = None) -> str:
+    """Serialise a response body whose values may include :class:`RawJSON`."""
+    raws: list[str] = []
+    token = secrets.token_hex(12)  # random: user text cannot collide with the markers
+
+    def default(value: Any) -> Any:
+        if not isinstance(value, RawJSON):
+            raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        if indent is not None:  # pretty output re-indents everything: parse it
+            return json.loads(value.text)
+        raws.append(value.text)
+        return f"{token}:{len(raws) - 1}"
+
+    text = json.dumps(body, default=default, ensure_ascii=False, indent=indent)
+    if not raws:
+        return text
+    return re.sub(f'"{token}:([0-9]+)"', lambda m: raws[int(m.group(1))], text)

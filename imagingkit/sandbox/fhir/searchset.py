@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 from imagingkit.sandbox.fhir.dates import now_instant
 from imagingkit.sandbox.fhir.outcome import operation_outcome
-from imagingkit.sandbox.fhir.representation import BaseUrls, rendered, subset
+from imagingkit.sandbox.fhir.representation import BaseUrls, RawJSON, rendered, subset
 from imagingkit.sandbox.fhir.search import (
     MAX_COUNT,
     Include,
@@ -67,10 +67,17 @@ def _bundle(kind: str) -> dict[str, Any]:
     }
 
 
-def _entry(stored: Stored, urls: BaseUrls, mode: str, request: SearchRequest) -> dict[str, Any]:
-    resource = rendered(stored.resource(), urls)
-    if request.elements is not None or request.summary not in (None, "false"):
-        resource = subset(resource, elements=request.elements, summary=request.summary)
+def _entry(
+    stored: Stored, urls: BaseUrls, mode: str, request: SearchRequest, raw: bool
+) -> dict[str, Any]:
+    resource: dict[str, Any] | RawJSON
+    partial = request.elements is not None or request.summary not in (None, "false")
+    if raw and not partial and stored.type != "Endpoint" and stored.body is not None:
+        resource = RawJSON(stored.body)  # shown as stored: no need to parse it
+    else:
+        resource = rendered(stored.resource(), urls)
+        if partial:
+            resource = subset(resource, elements=request.elements, summary=request.summary)
     return {
         "fullUrl": f"{urls.fhir}/{stored.type}/{stored.id}",
         "resource": resource,
@@ -89,8 +96,14 @@ class Searcher:
         sql, args = compile_search(request, fhir_base=fhir_base)
         return [row[0] for row in self.storage.query(sql, args)]
 
-    def bundle(self, request: SearchRequest, urls: BaseUrls) -> dict[str, Any]:
-        """Return the searchset Bundle page that *request* asks for."""
+    def bundle(
+        self, request: SearchRequest, urls: BaseUrls, *, raw: bool = False
+    ) -> dict[str, Any]:
+        """Return the searchset Bundle page that *request* asks for.
+
+        With *raw*, resources shown unchanged are :class:`.representation.RawJSON` (for
+        :func:`.representation.dumps`); otherwise every resource is a dict.
+        """
         rids: list[int] | None = None
         if request.snapshot:
             rids = self.storage.load_snapshot(request.snapshot)
@@ -116,8 +129,8 @@ class Searcher:
         matches = [found[rid] for rid in page_rids if rid in found]
         included, capped = self._included(matches, request.includes)
         bundle["link"] = self._links(base, request, snapshot, total, paged)
-        entries = [_entry(s, urls, "match", request) for s in matches]
-        entries += [_entry(s, urls, "include", request) for s in included]
+        entries = [_entry(s, urls, "match", request, raw) for s in matches]
+        entries += [_entry(s, urls, "include", request, raw) for s in included]
         warnings = (
             [f"_include/_revinclude stopped after {MAX_INCLUDED} resources"] if capped else []
         )
