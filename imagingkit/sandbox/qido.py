@@ -664,7 +664,7 @@ def search(
     sql += _ORDER[level] + " LIMIT ? OFFSET ?"
     rows = index.query(sql, [*params, query.limit + 1, query.offset])
     more = len(rows) > query.limit
-    builder = _ResultBuilder(index, query, base_url, nested_study=study_uid is not None)
+    builder = _ResultBuilder(index, query, base_url)
     items = [builder.build(row) for row in rows[: query.limit]]
     return QidoResult(items, more)
 
@@ -672,20 +672,15 @@ def search(
 class _ResultBuilder:
     """Assemble one result's DICOM JSON from a row (PS3.18 Tables 10.6.3-3 to -5)."""
 
-    def __init__(self, index: DicomIndex, query: QidoQuery, base_url: str, nested_study: bool):
+    def __init__(self, index: DicomIndex, query: QidoQuery, base_url: str):
         self.index = index
         self.query = query
         self.base_url = base_url.rstrip("/")
         level = query.level
-        # which levels' attributes a result carries (PS3.18 §10.6.3.3.1)
-        if level == "study":
-            self.levels = ["study"]
-        elif level == "series":
-            self.levels = ["series"] if nested_study else ["study", "series"]
-        else:
-            self.levels = (
-                ["instance", "series"] if nested_study else ["instance", "series", "study"]
-            )
+        # Each result carries its level's attributes and those of the levels above it,
+        # nested resources included (PS3.18 §10.6.3.3 requires them for the
+        # non-nested forms; Orthanc and viewers expect them throughout).
+        self.levels = list(LEVELS[: _DEPTH[level] + 1])
         wanted = set(query.include) - set(_COMPUTED)
         self.from_attrs = {t for t in wanted if t in DECODED_TAGS}
         self.from_file = {t for t in wanted if t not in DECODED_TAGS}
