@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
-from iid_support import STUDIES, AppServer, write_instance
+from iid_support import CHROMIUM, CHROMIUM_FLAGS, STUDIES, AppServer, ohif_dist, write_instance
 from servers import OrthancServer, orthanc_missing_reason, start_orthanc
 
 from imagingkit.server.app import Component
@@ -55,3 +56,47 @@ def iid_orthanc(
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Generator[Any, None, None]:
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium missing: apt-get install -y chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright missing: pip install playwright (never 'playwright install')")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture(scope="module")
+def dist() -> Path:
+    found = ohif_dist()
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture
+def page(browser: Any) -> Generator[Any, None, None]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(
+        "try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); }"
+        " catch (e) {}"
+    )
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    tab.requested = []  # type: ignore[attr-defined]
+    tab.on("request", lambda request: tab.requested.append(request.url))
+    yield tab
+    context.close()

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
@@ -316,3 +319,54 @@ def ohif_dist(timeout: float = 600) -> Path | str:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return dist if (dist / "index.html").is_file() else f"{dist} has no index.html"
+
+
+# --------------------------------------------------------------------------- Chromium
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
+
+
+def canvas_spread(page: Any) -> float:
+    """Standard deviation of the built-in viewer's canvas luminance (0-255)."""
+    return float(
+        page.evaluate(
+            """() => {
+              const c = document.getElementById('canvas');
+              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let n = 0, s = 0, s2 = 0;
+              for (let i = 0; i < d.length; i += 4) { n++; s += d[i]; s2 += d[i] * d[i]; }
+              const m = s / n; return Math.sqrt(Math.max(0, s2 / n - m * m));
+            }"""
+        )
+    )
+
+
+def screenshot_spread(element: Any) -> float:
+    image = Image.open(io.BytesIO(element.screenshot())).convert("L")
+    return float(np.asarray(image, dtype=np.float64).std())
+
+
+def wait_until_drawn(element: Any, timeout: float = 90) -> list[float]:
+    """Poll *element*'s screenshot until two looks 1.5 s apart both show an image.
+
+    Returns the last two spreads (grey-level standard deviations); the caller asserts.
+    """
+    spreads: list[float] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spreads = [*spreads[-1:], screenshot_spread(element)]
+        if len(spreads) == 2 and min(spreads) > 5:
+            break
+        time.sleep(1.5)
+    return spreads

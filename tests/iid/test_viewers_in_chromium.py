@@ -9,18 +9,14 @@ holds the test corpus. Needs Debian ``chromium`` and PyPI ``playwright`` (driven
 
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 import pytest
 import requests
-from iid_support import CORPUS, AppServer, DicomwebProxy, ohif_dist
-from PIL import Image
+from iid_support import CORPUS, AppServer, DicomwebProxy, canvas_spread, wait_until_drawn
 from servers import OrthancServer
 
 from imagingkit.iid.facade import IidFacade
@@ -30,45 +26,7 @@ from imagingkit.viewer.ohif import OHIFApp
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-]
 S1, S2, S3 = (CORPUS[a].uid for a in ("ACC1", "ACC2", "ACC3"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Generator[Any, None, None]:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium missing: apt-get install -y chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright missing: pip install playwright (never 'playwright install')")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
-@pytest.fixture(scope="module")
-def dist() -> Path:
-    found = ohif_dist()
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -87,43 +45,8 @@ def stack(iid_orthanc: OrthancServer, dist: Path) -> Generator[AppServer, None, 
     server.stop()
 
 
-@pytest.fixture
-def page(browser: Any) -> Generator[Any, None, None]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(
-        "try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); }"
-        " catch (e) {}"
-    )
-    tab = context.new_page()
-    tab.set_default_timeout(60_000)
-    tab.requested = []  # type: ignore[attr-defined]
-    tab.on("request", lambda request: tab.requested.append(request.url))
-    yield tab
-    context.close()
-
-
 def iid_url(server: AppServer, query: str) -> str:
     return f"{server.url}/iid/IHEInvokeImageDisplay?{query}"
-
-
-def canvas_spread(page: Any) -> float:
-    """Standard deviation of the built-in viewer's canvas luminance (0-255)."""
-    return float(
-        page.evaluate(
-            """() => {
-              const c = document.getElementById('canvas');
-              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-              let n = 0, s = 0, s2 = 0;
-              for (let i = 0; i < d.length; i += 4) { n++; s += d[i]; s2 += d[i] * d[i]; }
-              const m = s / n; return Math.sqrt(Math.max(0, s2 / n - m * m));
-            }"""
-        )
-    )
-
-
-def screenshot_spread(element: Any) -> float:
-    image = Image.open(io.BytesIO(element.screenshot())).convert("L")
-    return float(np.asarray(image, dtype=np.float64).std())
 
 
 # -- the built-in viewer -------------------------------------------------------------------
@@ -230,14 +153,7 @@ def test_an_iid_link_opens_ohif_on_that_study_and_it_draws_pixels(
     assert page.url == f"{stack.url}/ohif/viewer?StudyInstanceUIDs={S3}"
     canvas = page.locator("canvas.cornerstone-canvas").first
     canvas.wait_for(state="visible", timeout=90_000)
-    spreads: list[float] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        spread = screenshot_spread(canvas)
-        spreads = [*spreads[-1:], spread]
-        if len(spreads) == 2 and min(spreads) > 5:
-            break
-        time.sleep(1.5)
+    spreads = wait_until_drawn(canvas)
     assert len(spreads) == 2 and min(spreads) > 5, f"OHIF drew no image: spreads {spreads}"
     asked = [url for url in page.requested if "/dicom-web/studies/" in url]
     assert any(f"/dicom-web/studies/{S3}/series" in url for url in asked)
