@@ -7,7 +7,18 @@
 * :mod:`imagingkit.iid.facade` — the ``GET /iid/IHEInvokeImageDisplay`` endpoint.
 """
 
+from imagingkit.iid.links import LaunchLink, launch_link
 from imagingkit.iid.patient import PatientID
 from imagingkit.iid.request import IIDRequest, RequestType
+from imagingkit.iid.viewers import ViewerRegistry, load_viewers, viewer_url
 
-__all__ = ["IIDRequest", "PatientID", "RequestType"]
+__all__ = [
+    "IIDRequest",
+    "LaunchLink",
+    "PatientID",
+    "RequestType",
+    "ViewerRegistry",
+    "launch_link",
+    "load_viewers",
+    "viewer_url",
+]

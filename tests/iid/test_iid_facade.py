@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from iid_support import CORPUS, SYSTEM_A, AppServer, fhir_resources
+from iid_support import CORPUS, SYSTEM_A, AppServer, DicomwebProxy, fhir_resources
 from servers import OrthancServer, free_port
 
 from imagingkit.iid import IIDRequest
@@ -113,6 +113,23 @@ def test_accession_numbers_of_different_patients_are_refused(
     assert response.status_code == 409
     assert "match studies of 2 different patients" in response.text
     assert "Location" not in response.headers
+
+
+@pytest.mark.orthanc
+def test_same_server_lookups_ignore_the_host_header(
+    serve_app: Callable[..., AppServer], iid_orthanc: OrthancServer
+) -> None:
+    # no bases configured: lookups go to this server's own /dicom-web, reached on the
+    # address the request came in on, never on the Host a client claims
+    server = serve_app([DicomwebProxy(iid_orthanc.dicomweb), IidFacade(timeout=10)])
+    response = requests.get(
+        f"{server.url}/iid/IHEInvokeImageDisplay?requestType=STUDY&accessionNumber=ACC2",
+        headers={"Host": "evil.example:9"},
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert response.status_code == 302, response.text
+    assert response.headers["Location"] == f"/viewer/?study={S2}"
 
 
 @pytest.mark.orthanc
