@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import secrets
+import struct
 import time
 import uuid
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.ioloop
+import tornado.iostream
 import tornado.web
 import tornado.websocket
 
@@ -334,10 +336,10 @@ class FhircastHub:
             beat = protocol.notification(
                 topic, protocol.HEARTBEAT.name, [{"key": "period", "decimal": f"{period:g}"}]
             )
-            text = beat.dumps()
+            frame = text_frame(beat.dumps())
             for sub in list(subs.values()):
                 if sub.socket is not None:
-                    sub.socket.send_text(text)
+                    sub.socket.send_frame(frame)
 
     # --- subscriptions -----------------------------------------------------------------
 
@@ -438,7 +440,7 @@ class FhircastHub:
         covered: set[str] = set()
         for ev in events:
             if ev.key in wanted:
-                self._send(sub, ev, ev.dumps())
+                self._send(sub, ev, text_frame(ev.dumps()), self._deadline())
                 spec = ev.spec
                 covered.add(spec.anchor if spec and spec.anchor else ev.key)
         if not self.policy.derive_opens:
@@ -453,7 +455,7 @@ class FhircastHub:
                     derived = protocol.notification(
                         sub.topic, name, ctx, event_id=f"{ev.id}:{suffix}", timestamp=ev.timestamp
                     )
-                    self._send(sub, derived, derived.dumps())
+                    self._send(sub, derived, text_frame(derived.dumps()), self._deadline())
 
     def _deny(self, sub: _Subscription, reason: str) -> None:
         sock = sub.socket
@@ -554,10 +556,10 @@ class FhircastHub:
             subscriber_name=failed.name or failed.label,
             diagnostics=diagnostics,
         )
-        text = error.dumps()
+        frame, deadline = text_frame(error.dumps()), self._deadline()
         for sub in list(self._by_topic.get(topic, {}).values()):
             if sub is not failed and "syncerror" in sub.events:
-                self._send(sub, error, text)
+                self._send(sub, error, frame, deadline)
 
     # --- publishing --------------------------------------------------------------------
 
@@ -599,14 +601,17 @@ class FhircastHub:
         return broadcast
 
     def _fan_out(self, event: Event) -> None:
-        text = event.dumps()
+        # one serialisation and one frame for every subscriber: a server's frames are
+        # unmasked (RFC 6455 §5.1), so the same bytes go to each socket
+        frame = text_frame(event.dumps())
+        deadline = self._deadline()
         key = event.key
-        derived: list[tuple[Event, str]] | None = None
+        derived: list[tuple[Event, bytes]] | None = None
         for sub in list(self._by_topic.get(event.topic, {}).values()):
             if sub.socket is None:
                 continue
             if key in sub.events:
-                self._send(sub, event, text)
+                self._send(sub, event, frame, deadline)
                 continue
             if not self.policy.derive_opens:
                 continue
@@ -620,22 +625,25 @@ class FhircastHub:
                         event_id=f"{event.id}:{suffix}",
                         timestamp=event.timestamp,
                     )
-                    derived.append((ev, ev.dumps()))
-            for ev, ev_text in derived:
+                    derived.append((ev, text_frame(ev.dumps())))
+            for ev, ev_frame in derived:
                 if ev.key in sub.events:
-                    self._send(sub, ev, ev_text)
+                    self._send(sub, ev, ev_frame, deadline)
 
-    def _send(self, sub: _Subscription, event: Event, text: str) -> None:
+    def _send(self, sub: _Subscription, event: Event, frame: bytes, deadline: float) -> None:
+        """Send a pre-built text frame and expect its acknowledgement by *deadline*."""
         sock = sub.socket
         if sock is None:
             return
-        timeout = self.policy.ack_timeout
-        deadline = self.clock() + timeout if timeout is not None else math.inf
         sub.pending[event.id] = (deadline, event.name)
-        if timeout is None and len(sub.pending) > 1024:
+        if deadline == math.inf and len(sub.pending) > 1024:
             sub.pending.popitem(last=False)
-        if sock.send_text(text):
+        if sock.send_frame(frame):
             self.stats.delivered += 1
+
+    def _deadline(self) -> float:
+        timeout = self.policy.ack_timeout
+        return self.clock() + timeout if timeout is not None else math.inf
 
 
 # --- handlers ----------------------------------------------------------------------------
@@ -822,6 +830,38 @@ class _ChannelHandler(tornado.websocket.WebSocketHandler):
             return False
         future.add_done_callback(_consume_exception)
         return True
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write a pre-built unmasked text frame (see :func:`text_frame`)."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return False
+        stream = getattr(conn, "stream", None)
+        if stream is None or getattr(conn, "_compressor", None) is not None:
+            return self.send_text(_frame_payload(frame).decode("utf-8"))
+        try:
+            stream.write(frame)  # the stream silences errors of its own futures
+        except tornado.iostream.StreamClosedError:
+            return False
+        return True
+
+
+def text_frame(text: str) -> bytes:
+    """Return *text* as one final, unmasked websocket text frame (RFC 6455 §5.2)."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def _frame_payload(frame: bytes) -> bytes:
+    marker = frame[1] & 0x7F
+    return frame[2 + {126: 2, 127: 8}.get(marker, 0) :]
 
 
 def _consume_exception(future: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 
@@ -20,7 +21,7 @@ from fhircast_helpers import (
 
 from imagingkit.fhircast.background import BackgroundHub
 from imagingkit.fhircast.client import FhircastClient
-from imagingkit.fhircast.hub import FhircastHub
+from imagingkit.fhircast.hub import FhircastHub, text_frame
 from imagingkit.fhircast.protocol import notification
 
 FAST = {"backoff": (0.05, 0.3), "timeout": 5.0, "loop": "thread", "max_reconnect_attempts": 200}
@@ -188,7 +189,7 @@ def test_malformed_frames_from_the_hub_are_survived_by_the_client(hub):
                 sub.socket.send_text(frame)
             # tracked like a real delivery, so the hub expects its acknowledgement
             tracked = notification(topic, "Patient-open", [], event_id="broken-1")
-            hub.hub._send(sub, tracked, json.dumps(broken_event))
+            hub.hub._send(sub, tracked, text_frame(json.dumps(broken_event)), math.inf)
 
         hub.call(inject)
         sentinel = patient_open(topic)

@@ -157,3 +157,13 @@ def test_check_40_non_ack_messages_are_ignored_without_closing(hub):
     assert sub.recv_event()["id"] == sentinel["id"]
     assert hub.hub.stats.ignored_frames >= 3
     sub.close()
+
+
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+def test_events_of_every_frame_length_arrive_intact(hub, size):
+    topic = new_topic()
+    sub = RawSubscriber(hub.url, topic, "Patient-open")
+    message = patient_open(topic, {"resourceType": "Patient", "id": "p", "text": "x" * size})
+    publish(hub.url, message)
+    assert sub.recv_event()["event"]["context"] == message["event"]["context"]
+    sub.close()
