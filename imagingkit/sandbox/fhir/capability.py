@@ -65,7 +65,7 @@ def _resource(rtype: str) -> dict[str, Any]:
         f"{source}:{p.name}"
         for source in RESOURCE_TYPES
         for p in SEARCH_PARAMETERS[source].values()
-        if p.type == "reference" and (rtype in p.targets)
+        if p.type == "reference" and p.refers_to(rtype)
     )
     return {
         "type": rtype,

@@ -235,7 +235,7 @@ def _parse_criterion(resource_type: str, name: str, values: list[str], depth: in
         ref_param = SEARCH_PARAMETERS[source].get(ref_name)
         if ref_param is None or ref_param.type != "reference":
             raise _Unknown(name)
-        if ref_param.targets and resource_type not in ref_param.targets:
+        if not ref_param.refers_to(resource_type):
             raise InvalidQueryError(
                 f"search parameter {name!r}: {source}.{ref_name} cannot refer to {resource_type}"
             )
@@ -251,15 +251,13 @@ def _parse_criterion(resource_type: str, name: str, values: list[str], depth: in
             raise InvalidQueryError(
                 f"search parameter {name!r}: only reference parameters can be chained"
             )
-        if modifier and param.targets and modifier not in param.targets:
+        if modifier and not param.refers_to(modifier):
             raise InvalidQueryError(
                 f"search parameter {name!r}: {resource_type}.{code} cannot refer to {modifier!r}"
             )
         if modifier and modifier not in RESOURCE_TYPES:
             raise _Unknown(name)  # a valid target type that this server does not store
-        candidates = (
-            (modifier,) if modifier else tuple(t for t in param.targets if t in RESOURCE_TYPES)
-        )
+        candidates = (modifier,) if modifier else param.served_targets()
         next_code = rest.partition(".")[0].partition(":")[0]
         usable = tuple(t for t in candidates if search_param(t, next_code) is not None)
         if not usable:
@@ -268,7 +266,9 @@ def _parse_criterion(resource_type: str, name: str, values: list[str], depth: in
         return Criterion(name, resource_type, param, values=values, chain=chains)
     if modifier:
         allowed = MODIFIERS[param.type]
-        type_modifier = param.type == "reference" and modifier in param.targets
+        type_modifier = (
+            param.type == "reference" and modifier[:1].isupper() and param.refers_to(modifier)
+        )
         if modifier not in allowed and not type_modifier:
             raise InvalidQueryError(
                 f"search parameter {name!r}: modifier :{modifier} is not supported for "
@@ -295,7 +295,7 @@ def _parse_include(resource_type: str, name: str, value: str) -> Include:
     param = SEARCH_PARAMETERS[source].get(code)
     if param is None or param.type != "reference":
         raise _Unknown(f"{name}={value}")
-    if target is not None and target not in param.targets:
+    if target is not None and not param.refers_to(target):
         raise _bad(name, value, f"{source}.{code} cannot refer to {target}")
     if not reverse and not iterate and source != resource_type:
         raise _bad(name, value, f"_include source must be {resource_type} (or use :iterate)")

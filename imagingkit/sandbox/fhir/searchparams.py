@@ -59,7 +59,8 @@ class SearchParam:
     compiled : Expression
         *expression* compiled by :func:`.paths.compile_expression`.
     targets : tuple of str
-        Resource types a reference parameter may point to.
+        Resource types a reference parameter may point to (empty: any type, as R4's
+        ``Reference(Any)``).
     components : tuple of Component
         For composite parameters, the parts in order (``code$value``).
     """
@@ -73,6 +74,14 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
 
+    def refers_to(self, resource_type: str) -> bool:
+        """Whether this reference parameter may point at *resource_type* (no targets: any)."""
+        return not self.targets or resource_type in self.targets
+
+    def served_targets(self) -> tuple[str, ...]:
+        """The target types this store serves (every served type if any type is allowed)."""
+        return tuple(t for t in RESOURCE_TYPES if self.refers_to(t))
+
 
 def _p(
     base: str,
@@ -83,13 +92,16 @@ def _p(
     *,
     sp_id: str | None = None,
     components: tuple[tuple[str, str], ...] = (),
+    evaluated: str | None = None,
 ) -> SearchParam:
+    """One table row; *evaluated* replaces an R4 expression beyond :mod:`.paths`' subset
+    (its values are then computed by the indexer, see ``indexing._deceased``)."""
     if type_ not in PARAM_TYPES:
         raise ValueError(f"unknown search parameter type {type_!r}")
     if base == "*":  # Resource-level: evaluated relative to any resource
         compiled = compile_expression(expression.removeprefix("Resource."), None)
     else:
-        compiled = compile_expression(expression, base)
+        compiled = compile_expression(evaluated or expression, base)
     return SearchParam(
         base=base,
         name=name,
@@ -153,9 +165,14 @@ _TABLE: tuple[SearchParam, ...] = (
     _p("Patient", "address-use", "token", "Patient.address.use", sp_id="individual-address-use"),
     _p("Patient", "birthdate", "date", "Patient.birthDate", sp_id="individual-birthdate"),
     _p("Patient", "death-date", "date", "(Patient.deceased as dateTime)"),
-    # R4: "Patient.deceased.exists() and Patient.deceased != false" — a boolean computed
-    # by the indexer (see indexing._deceased).
-    _p("Patient", "deceased", "token", "Patient.deceased"),
+    # a boolean the indexer computes (see indexing._deceased)
+    _p(
+        "Patient",
+        "deceased",
+        "token",
+        "Patient.deceased.exists() and Patient.deceased != false",
+        evaluated="Patient.deceased",
+    ),
     _p(
         "Patient",
         "email",
@@ -213,6 +230,7 @@ _TABLE: tuple[SearchParam, ...] = (
     _p("Condition", "code", "token", "Condition.code", sp_id="clinical-code"),
     _p("Condition", "encounter", "reference", "Condition.encounter", "Encounter"),
     _p("Condition", "evidence", "token", "Condition.evidence.code"),
+    _p("Condition", "evidence-detail", "reference", "Condition.evidence.detail"),
     _p("Condition", "identifier", "token", "Condition.identifier", sp_id="clinical-identifier"),
     _p(
         "Condition",
@@ -311,9 +329,10 @@ _TABLE: tuple[SearchParam, ...] = (
         "encounter",
         "reference",
         "Observation.encounter",
-        "Encounter",
+        "Encounter EpisodeOfCare",
         sp_id="clinical-encounter",
     ),
+    _p("Observation", "focus", "reference", "Observation.focus"),
     _p(
         "Observation",
         "has-member",
