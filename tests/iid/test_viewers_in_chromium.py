@@ -159,3 +159,24 @@ def test_an_iid_link_opens_ohif_on_that_study_and_it_draws_pixels(
     assert any(f"/dicom-web/studies/{S3}/series" in url for url in asked)
     assert not [url for url in asked if S1 in url or S2 in url]
     page.screenshot(path=str(tmp_path / "ohif.png"))  # what a person would have seen
+
+
+def test_the_builtin_viewer_refuses_a_malformed_uid_in_its_own_url(
+    stack: AppServer, page: Any
+) -> None:
+    page.goto(f"{stack.url}/viewer/?study=%3Cimg%20src%3Dx%3E")
+    page.wait_for_selector('body[data-state="error"]')
+    assert page.locator("#status").inner_text() == "not a DICOM UID: <img src=x>"
+    assert page.locator("img").count() == 0
+    assert not [url for url in page.requested if "/dicom-web/" in url]
+
+
+def test_without_a_study_the_builtin_viewer_lists_the_servers_studies(
+    stack: AppServer, page: Any
+) -> None:
+    page.goto(f"{stack.url}/viewer/")
+    page.wait_for_selector('body[data-state="study-list"]')
+    assert page.locator("#series-list button").count() == 5
+    page.locator("#series-list button", has_text="Beta, Bob").click()
+    page.wait_for_selector('body[data-state="ready"]')
+    assert page.url == f"{stack.url}/viewer/?study={CORPUS['ACC4'].uid}"

@@ -30,6 +30,10 @@
   };
 
   function setStatus(text) { $("status").textContent = text || ""; }
+  function fail(err) {
+    setStatus(err && err.message ? err.message : String(err));
+    document.body.dataset.state = "error";
+  }
 
   function first(ds, tag) {
     const el = ds && ds[tag];
@@ -130,7 +134,7 @@
         sub.className = "sub";
         sub.textContent = `${text(sds, "00201209") || "?"} instance(s)`;
         b.appendChild(sub);
-        b.addEventListener("click", () => selectSeries(study, uid, b));
+        b.addEventListener("click", () => selectSeries(study, uid, b).catch(fail));
         li.appendChild(b);
         list.appendChild(li);
         buttons.push({ study, uid, b, modality: text(sds, "00080060") });
@@ -279,8 +283,7 @@
       if (!studies.length) await showStudyList();
       else await loadStudies(studies, series);
     } catch (err) {
-      setStatus(err.message);
-      document.body.dataset.state = "error";
+      fail(err);
     }
   }
 
