@@ -278,7 +278,7 @@ def _run_entry(
         return interactions.delete(entry.type, entry.id, if_match=entry.if_match)
     if entry.method == "POST":
         if entry.reuse is not None:
-            return Response(200, interactions._show(entry.reuse, urls), entry.reuse)
+            return Response(200, interactions.show(entry.reuse, urls), entry.reuse)
         return interactions.create(
             entry.type, entry.resource, urls, id_=entry.id, pending=pending, removed=removed
         )

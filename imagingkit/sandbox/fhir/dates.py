@@ -22,7 +22,6 @@ __all__ = [
     "MIN_MS",
     "date_range",
     "format_instant",
-    "instant_ms",
     "now_instant",
 ]
 
@@ -120,11 +119,6 @@ def date_range(text: str, *, what: str = "date") -> tuple[int, int]:
         return _ms(datetime(d.year, d.month, d.day, tzinfo=timezone.utc))
 
     return midnight(first), midnight(last)
-
-
-def instant_ms(text: str) -> int:
-    """Return the start of *text*'s range in milliseconds (see :func:`date_range`)."""
-    return date_range(text, what="instant")[0]
 
 
 def format_instant(ms: int) -> str:

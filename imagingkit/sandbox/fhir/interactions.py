@@ -82,7 +82,8 @@ class Interactions:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _show(self, stored: Stored, urls: BaseUrls | None) -> dict[str, Any]:
+    def show(self, stored: Stored, urls: BaseUrls | None) -> dict[str, Any]:
+        """The resource of *stored* as a client at *urls* sees it."""
         return rendered(stored.resource(), urls)
 
     def find(self, type_: str, query: str | list[tuple[str, str]]) -> list[Stored]:
@@ -100,12 +101,12 @@ class Interactions:
     def read(self, type_: str, id_: str, urls: BaseUrls | None) -> Response:
         """R4 http §3.1.0.2 read."""
         stored = self.repository.read(type_, id_)
-        return Response(200, self._show(stored, urls), stored)
+        return Response(200, self.show(stored, urls), stored)
 
     def vread(self, type_: str, id_: str, version: str, urls: BaseUrls | None) -> Response:
         """R4 http §3.1.0.3 vread."""
         stored = self.repository.vread(type_, id_, version)
-        return Response(200, self._show(stored, urls), stored)
+        return Response(200, self.show(stored, urls), stored)
 
     def create(
         self,
@@ -134,10 +135,10 @@ class Interactions:
                         412, f"If-None-Exist {if_none_exist!r} matches several {rtype} resources"
                     )
                 if existing:
-                    return Response(200, self._show(existing[0], urls), existing[0])
+                    return Response(200, self.show(existing[0], urls), existing[0])
             portable(resource, urls)
             stored = self.repository.create(resource, id_=id_, pending=pending, removed=removed)
-        return Response(201, self._show(stored, urls), stored)
+        return Response(201, self.show(stored, urls), stored)
 
     def update(
         self,
@@ -156,7 +157,7 @@ class Interactions:
         stored, created = self.repository.update(
             type_, id_, resource, if_match=if_match, pending=pending, removed=removed
         )
-        return Response(201 if created else 200, self._show(stored, urls), stored)
+        return Response(201 if created else 200, self.show(stored, urls), stored)
 
     def conditional_update(
         self, type_: str, query: str, resource: Any, urls: BaseUrls | None

@@ -13,7 +13,7 @@ from typing import Any
 
 from imagingkit.errors import FHIRError, ImagingKitError, InvalidInputError
 
-__all__ = ["ISSUE_CODES", "error_status", "fhir_error", "operation_outcome", "outcome_for"]
+__all__ = ["ISSUE_CODES", "fhir_error", "operation_outcome", "outcome_for"]
 
 #: HTTP status → OperationOutcome.issue.code (R4 IssueType value set).
 ISSUE_CODES = {
@@ -63,18 +63,14 @@ def fhir_error(status: int, message: str) -> FHIRError:
     return FHIRError(message, status=status)
 
 
-def error_status(exc: BaseException) -> int:
-    """Return the HTTP status *exc* stands for (500 for anything unexpected)."""
-    if isinstance(exc, InvalidInputError):
-        return 400
-    if isinstance(exc, ImagingKitError) and exc.status:
-        return exc.status
-    return 500
-
-
 def outcome_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """Return ``(status, OperationOutcome)`` describing *exc*."""
-    status = error_status(exc)
+    if isinstance(exc, InvalidInputError):
+        status = 400
+    elif isinstance(exc, ImagingKitError) and exc.status:
+        status = exc.status
+    else:
+        status = 500
     if isinstance(exc, ImagingKitError):
         message = exc.message
     else:

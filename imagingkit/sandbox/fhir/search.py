@@ -44,7 +44,6 @@ from typing import Any
 from imagingkit.errors import InvalidDateError, InvalidQueryError
 from imagingkit.sandbox.fhir.dates import date_range
 from imagingkit.sandbox.fhir.indexing import normalise
-from imagingkit.sandbox.fhir.outcome import fhir_error
 from imagingkit.sandbox.fhir.references import ID_RE, parse_reference
 from imagingkit.sandbox.fhir.searchparams import (
     RESOURCE_TYPES,
@@ -788,9 +787,3 @@ def compile_search(
         f"ORDER BY {', '.join(order)}"
     )
     return text, sql.args
-
-
-def check_searchable(resource_type: str) -> None:
-    """Raise a 404 FHIRError unless *resource_type* is served."""
-    if resource_type not in RESOURCE_TYPES:
-        raise fhir_error(404, f"resource type {resource_type!r} is not supported here")
