@@ -330,11 +330,10 @@ def start_imagingkit(
         if proc.poll() is not None:
             break
         time.sleep(0.1)
-    code = _stop_process(proc, signal.SIGTERM, 10)
-    raise ServerStartError(
-        f"imagingkit serve {' '.join(args)} was not ready within {timeout} s "
-        f"(exit code {code}):\n{_tail(log)}"
-    )
+    exited = proc.poll()
+    _stop_process(proc, signal.SIGTERM, 10)
+    what = f"exited with {exited}" if exited is not None else f"was not ready within {timeout} s"
+    raise ServerStartError(f"imagingkit serve {' '.join(args)} {what}:\n{_tail(log)}")
 
 
 # --------------------------------------------------------------------------- raw HTTP

@@ -54,17 +54,19 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
-#: transfer syntaxes whose decoded values depend on the decoder (lossy); ISO/IEC 10918-2
-#: and 15444-4 conformance allow decoders to differ by small amounts on these
+#: lossy transfer syntaxes: their decoded values depend on the decoder. JPEG (ITU-T T.81)
+#: fixes neither the IDCT's exact arithmetic nor the chroma upsampling, so two conforming
+#: decoders differ slightly (Orthanc's DCMTK and pylibjpeg-libjpeg: by up to 12 on a few
+#: pixels at colour edges of YBR_FULL_422 images, at ≈ 64 dB PSNR)
 LOSSY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
-#: largest per-sample difference accepted between two decoders of a lossy stream
-LOSSY_TOLERANCE = 4
+#: two decodes of one lossy stream count as the same image above this PSNR (dB)
+LOSSY_MIN_PSNR = 45.0
 
 LEVEL_UID = {"studies": "StudyInstanceUID", "series": "SeriesInstanceUID"}
 LEVEL_UID["instances"] = "SOPInstanceUID"
 
-#: attributes compared in QIDO answers, where Orthanc returns them (PS3.18 §10.6.3,
-#: required return attributes of each level)
+#: attributes compared in QIDO answers, per level, where Orthanc returns them (PS3.18
+#: §10.6.3.3: the return attributes of each level)
 QIDO_KEYS = {
     "studies": [
         "StudyInstanceUID",
@@ -82,19 +84,13 @@ QIDO_KEYS = {
         "NumberOfStudyRelatedInstances",
     ],
     "series": [
-        "StudyInstanceUID",
         "SeriesInstanceUID",
         "Modality",
         "SeriesNumber",
         "SeriesDescription",
         "NumberOfSeriesRelatedInstances",
-        "PatientID",
-        "PatientName",
-        "StudyDate",
     ],
     "instances": [
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
         "SOPInstanceUID",
         "SOPClassUID",
         "InstanceNumber",
@@ -102,10 +98,25 @@ QIDO_KEYS = {
         "Columns",
         "BitsAllocated",
         "NumberOfFrames",
-        "Modality",
-        "PatientID",
     ],
 }
+
+
+def compared_keys(target: str, level: str) -> list[str]:
+    """The attributes to compare in the answer to *target*.
+
+    A search returns the attributes of its own level, and those of each higher level whose
+    UID is not in the path (PS3.18 §10.6.3.3): ``/series`` carries study attributes,
+    ``/studies/{uid}/series`` need not, since the study is fixed.
+    """
+    path = target.split("?")[0]
+    levels = ["studies", "series", "instances"]
+    keys = list(QIDO_KEYS[level])
+    for higher in levels[: levels.index(level)]:
+        if f"/{higher}/" not in path:
+            keys += QIDO_KEYS[higher]
+    return keys
+
 
 #: attributes compared in WADO-RS metadata (PS3.18 §10.4, metadata resources)
 METADATA_KEYS = [
@@ -313,7 +324,10 @@ def comparable(element: dict[str, Any] | None, keyword: str = "") -> tuple[Any, 
             name = value.get("Alphabetic", "") if isinstance(value, dict) else str(value)
             values.append(name.rstrip("^= "))
         elif vr in {"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"}:
-            values.append(None if value is None else round(float(value), 6))
+            try:
+                values.append(None if value is None else round(float(value), 6))
+            except (TypeError, ValueError):  # a malformed IS/DS in a real-world file
+                values.append(str(value).strip())
         elif vr == "SQ":
             values.append(len(value or {}))
         else:
@@ -368,7 +382,7 @@ def compare_query(pair: Pair, target: str, level: str, drop: Drop | None = None)
             f"only embedded: {only_o[:5]}"
         )
     for uid in sorted(set(theirs) & set(ours)):
-        for keyword in QIDO_KEYS[level]:
+        for keyword in compared_keys(target, level):
             tag = _tag(keyword)
             if tag not in theirs[uid]:
                 continue  # Orthanc does not return it: nothing to compare with
@@ -390,6 +404,12 @@ def _first(pair: Pair, keyword: str, where: Callable[[Instance], bool] = lambda 
 def _has_valid_date(result: dict[str, Any]) -> bool:
     value = comparable(result.get(_tag("StudyDate")))
     return bool(value) and len(str(value[0])) == 8 and str(value[0]).isdigit()
+
+
+def report(problems: list[str], shown: int = 40) -> str:
+    """The first *shown* problems, one a line, and how many there are."""
+    more = f"\n… and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f"{len(problems)} differences:\n" + "\n".join(problems[:shown]) + more
 
 
 # --------------------------------------------------------------------------- tests: loading
@@ -490,7 +510,7 @@ def test_qido_filters_agree(pair: Pair) -> None:
         problems += compare_query(pair, target, level, drop)
         if not answer(raw_get(pair.orthanc.dicomweb, target, DICOM_JSON)):
             vacuous.append(target)
-    assert problems == []
+    assert not problems, report(problems)
     assert vacuous == [], "these queries match nothing, so they test nothing"
 
 
@@ -501,7 +521,7 @@ def test_qido_nested_resources_agree(pair: Pair) -> None:
         problems += compare_query(pair, f"/studies/{study}/series", "series")
         problems += compare_query(pair, f"/studies/{study}/instances", "instances")
         problems += compare_query(pair, f"/studies/{study}/series/{series}/instances", "instances")
-    assert problems == []
+    assert not problems, report(problems)
 
 
 @pytest.mark.parametrize("level", ["studies", "series", "instances"])
@@ -529,6 +549,25 @@ def test_qido_paging_partitions_the_same_results(pair: Pair, level: str) -> None
 # --------------------------------------------------------------------------- tests: WADO
 
 
+def _orthanc_misreads_delimiters(instance: Instance) -> bool:
+    """Seen here, not yet in reference-servers.md: under ISO_IR 13 (JIS X 0201) Orthanc 1.10
+    decodes the value delimiter 5CH as "¥", so multi-valued strings come back as one value
+    and multi-valued DS as none. Values are delimited by 5CH whatever the character set
+    (PS3.5 §6.4); the file itself, read by pydicom, is the reference for such files.
+    """
+    charset = instance.header.get("SpecificCharacterSet") or ""
+    charsets = [charset] if isinstance(charset, str) else list(charset)
+    return any(c.endswith("IR 13") for c in charsets)
+
+
+def _oracle(instance: Instance, keyword: str) -> tuple[Any, ...] | None:
+    """The value of *keyword* in the file as pydicom reads it, made comparable."""
+    if keyword not in instance.header:
+        return None
+    element = instance.header[keyword].to_json_dict(None, 1 << 20)
+    return comparable(element, keyword)
+
+
 def test_metadata_key_attributes_agree(pair: Pair) -> None:
     problems = []
     for instance in pair.instances:
@@ -546,11 +585,13 @@ def test_metadata_key_attributes_agree(pair: Pair) -> None:
             tag = _tag(keyword)
             expected = comparable(metadata["Orthanc"].get(tag), keyword)
             got = comparable(metadata["embedded"].get(tag), keyword)
+            if expected != got and _orthanc_misreads_delimiters(instance):
+                expected = _oracle(instance, keyword)
             if expected != got:
                 problems.append(
                     f"{instance.path.name} {keyword}: Orthanc {expected} embedded {got}"
                 )
-    assert problems == []
+    assert not problems, report(problems)
 
 
 def _with_reference_pixels(pair: Pair) -> Iterator[tuple[Instance, np.ndarray]]:
@@ -577,23 +618,37 @@ def _single_part(response: RawResponse, what: str) -> tuple[dict[str, str], byte
     return parts[0]
 
 
-def _pixels_match(got: np.ndarray, expected: np.ndarray, decoded_by_server: bool, ts: str) -> str:
+def _pixels_match(
+    got: np.ndarray, expected: np.ndarray, decoded_by_server: bool, instance: Instance
+) -> str:
     """Return "" if *got* matches *expected*, else how it differs."""
     if got.shape != expected.shape:
         return f"shape {got.shape} != {expected.shape}"
     if np.array_equal(got, expected):
         return ""
-    difference = int(np.abs(got.astype(np.int64) - expected.astype(np.int64)).max())
-    if decoded_by_server and ts in LOSSY and difference <= LOSSY_TOLERANCE:
-        return ""  # two conforming decoders of a lossy stream (ISO/IEC 10918-2)
-    return f"pixels differ by up to {difference}"
+    difference = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    peak = 2.0 ** int(instance.header.get("BitsStored") or instance.header.BitsAllocated) - 1
+    psnr = 10 * np.log10(peak**2 / float(np.mean(difference**2)))
+    if decoded_by_server and instance.transfer_syntax in LOSSY and psnr >= LOSSY_MIN_PSNR:
+        return ""  # two conforming decoders of one lossy stream (see LOSSY)
+    return f"pixels differ by up to {difference.max():g} (PSNR {psnr:.1f} dB)"
 
 
-def _orthanc_cannot(mode: str, ts: str) -> bool:
-    """Retrievals reference-servers.md documents as failing (HTTP 500) in Orthanc 1.10."""
+#: real-world files whose frames Orthanc 1.10 refuses, seen here and not yet listed in
+#: reference-servers.md: 400 "Bad file format" (the file has an IS value "1A")
+ORTHANC_REFUSES_FRAMES = {"badVR.dcm"}
+
+
+def _orthanc_cannot(mode: str, instance: Instance) -> bool:
+    """Retrievals that fail in Orthanc 1.10 (reference-servers.md, ORTHANC_REFUSES_FRAMES)."""
+    ts = instance.transfer_syntax
     if mode in {"instance", "frames"} and ts in JPEG_2000:
-        return True  # default (uncompressed) retrieval of JPEG 2000
-    return mode == "frames-as-stored" and ts in {BIG_ENDIAN, DEFLATED}
+        return True  # default (uncompressed) retrieval of JPEG 2000: HTTP 500
+    if mode == "frames" and ts == BIG_ENDIAN:
+        return True  # frames sent big-endian, which PS3.18 does not allow for web services
+    if mode.startswith("frames") and instance.path.name in ORTHANC_REFUSES_FRAMES:
+        return True
+    return mode == "frames-as-stored" and ts in {BIG_ENDIAN, DEFLATED}  # HTTP 500
 
 
 @pytest.mark.parametrize("as_stored", [False, True], ids=["default", "transfer-syntax=*"])
@@ -609,7 +664,7 @@ def test_retrieved_instances_decode_to_the_same_pixels(pair: Pair, as_stored: bo
     for instance, expected in _with_reference_pixels(pair):
         ts = instance.transfer_syntax
         for name, base in pair.both():
-            if name == "Orthanc" and not as_stored and _orthanc_cannot("instance", ts):
+            if name == "Orthanc" and not as_stored and _orthanc_cannot("instance", instance):
                 continue
             what = f"{name} {instance.path.name} ({UID(ts).name})"
             try:
@@ -619,14 +674,14 @@ def test_retrieved_instances_decode_to_the_same_pixels(pair: Pair, as_stored: bo
                     problems.append(
                         f"{what}: default retrieval sent {got.file_meta.TransferSyntaxUID}"
                     )
-                why = _pixels_match(got.pixel_array, expected, not as_stored, ts)
+                why = _pixels_match(got.pixel_array, expected, not as_stored, instance)
             except Exception as exc:  # report every instance, not only the first failure
                 why = f"{type(exc).__name__}: {exc}"
             if why:
                 problems.append(f"{what}: {why}")
             checked += 1
     assert checked > 0
-    assert problems == []
+    assert not problems, report(problems)
 
 
 def _frame_numbers(instance: Instance) -> list[int]:
@@ -634,14 +689,23 @@ def _frame_numbers(instance: Instance) -> list[int]:
 
 
 def _frame_array(content: bytes, instance: Instance) -> np.ndarray:
-    """Native little-endian frame bytes → array shaped like one frame of pixel_array."""
+    """Native little-endian frame bytes → array shaped like one frame of pixel_array.
+
+    Colour-by-plane frames (PlanarConfiguration 1, PS3.3 §C.7.6.3.1.3) are reordered to
+    pixel_array's colour-by-pixel shape.
+    """
     header = instance.header
     bits = int(header.BitsAllocated)
     dtype = np.dtype(f"<{'i' if int(header.PixelRepresentation) else 'u'}{max(1, bits // 8)}")
-    shape = [int(header.Rows), int(header.Columns)]
-    if int(header.get("SamplesPerPixel", 1)) > 1:
-        shape.append(int(header.SamplesPerPixel))
-    return np.frombuffer(content, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    rows, columns = int(header.Rows), int(header.Columns)
+    samples = int(header.get("SamplesPerPixel", 1))
+    flat = np.frombuffer(content, dtype=dtype, count=rows * columns * samples)
+    if samples == 1:
+        return flat.reshape(rows, columns)
+    stored_native = not UID(instance.transfer_syntax).is_compressed
+    if stored_native and int(header.get("PlanarConfiguration", 0)) == 1:
+        return flat.reshape(samples, rows, columns).transpose(1, 2, 0)
+    return flat.reshape(rows, columns, samples)
 
 
 def test_frames_decode_to_the_same_pixels(pair: Pair) -> None:
@@ -655,20 +719,20 @@ def test_frames_decode_to_the_same_pixels(pair: Pair) -> None:
         for number in _frame_numbers(instance):
             expected = reference[number - 1] if instance.frames > 1 else reference
             for name, base in pair.both():
-                if name == "Orthanc" and _orthanc_cannot("frames", ts):
+                if name == "Orthanc" and _orthanc_cannot("frames", instance):
                     continue
                 what = f"{name} {instance.path.name} frame {number} ({UID(ts).name})"
                 try:
                     target = f"{instance.target}/frames/{number}"
                     _, content = _single_part(raw_get(base, target, FRAMES), what)
-                    why = _pixels_match(_frame_array(content, instance), expected, True, ts)
+                    why = _pixels_match(_frame_array(content, instance), expected, True, instance)
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}"
                 if why:
                     problems.append(f"{what}: {why}")
                 checked += 1
     assert checked > 0
-    assert problems == []
+    assert not problems, report(problems)
 
 
 def test_frames_as_stored_are_the_same_bytes(pair: Pair) -> None:
@@ -680,7 +744,7 @@ def test_frames_as_stored_are_the_same_bytes(pair: Pair) -> None:
     problems = []
     for instance in (i for i in pair.instances if i.has_pixels):
         ts = instance.transfer_syntax
-        if _orthanc_cannot("frames-as-stored", ts):
+        if _orthanc_cannot("frames-as-stored", instance):
             continue
         for number in _frame_numbers(instance):
             payloads = {}
@@ -698,7 +762,7 @@ def test_frames_as_stored_are_the_same_bytes(pair: Pair) -> None:
                         f"{instance.path.name} frame {number} ({UID(ts).name}): "
                         f"{len(payloads['Orthanc'])} vs {len(payloads['embedded'])} bytes differ"
                     )
-    assert problems == []
+    assert not problems, report(problems)
 
 
 # --------------------------------------------------------------------------- embedded only
