@@ -211,10 +211,19 @@ class IIDHandler(BaseHandler):
         resolver = facade.resolver
         if resolver is None:
             local = self._local_origin() + self.base_url
+            # Lookups on this same server carry the caller's own credentials (a Jupyter
+            # server wants its token or cookie); they never go to another origin (D7).
+            same_server = facade.fhir_base is None and facade.dicomweb_base is None
+            forwarded = {
+                name: value
+                for name in ("Authorization", "Cookie")
+                if same_server and (value := self.request.headers.get(name))
+            }
             resolver = HTTPStudyResolver(
                 facade.fhir_base or local + "fhir",
                 facade.dicomweb_base or local + "dicom-web",
                 timeout=facade.timeout,
+                headers=forwarded,
             )
         dicomweb = facade.public_dicomweb_base or f"{self._public_origin()}{self.base_url}dicom-web"
         launch = await facade.launch(request, adapter, resolver, dicomweb)

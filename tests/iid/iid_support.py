@@ -236,23 +236,35 @@ class DicomwebProxy:
     """``/dicom-web/*`` forwarded to another DICOMweb server (Orthanc here).
 
     Browsers need the viewer and its DICOMweb on one origin (Orthanc sends no CORS
-    headers); ``Forwarded`` makes Orthanc write BulkDataURIs that point back here.
+    headers); ``Forwarded`` makes Orthanc write BulkDataURIs that point back here. With
+    *token*, calls without ``Authorization: Bearer <token>`` get 401.
     """
 
     mount = "dicom-web"
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, token: str | None = None) -> None:
         self.upstream = upstream.rstrip("/")
+        #: the request headers of every call, for tests to inspect
+        self.seen: list[dict[str, str]] = []
+        self.token = token
 
     def routes(self, prefix: str) -> list[tuple[str, type[Any], dict[str, Any]]]:
-        return [(rf"{prefix}(/.*)?", _ProxyHandler, {"upstream": self.upstream})]
+        options = {"upstream": self.upstream, "seen": self.seen, "token": self.token}
+        return [(rf"{prefix}(/.*)?", _ProxyHandler, options)]
 
 
 class _ProxyHandler(tornado.web.RequestHandler):
-    def initialize(self, upstream: str) -> None:
+    def initialize(self, upstream: str, seen: list[dict[str, str]], token: str | None) -> None:
         self.upstream = upstream
+        self.seen = seen
+        self.token = token
 
     async def get(self, path: str | None) -> None:
+        self.seen.append(dict(self.request.headers))
+        if self.token and self.request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.set_status(401)
+            self.finish()
+            return
         url = self.upstream + (path or "")
         if self.request.query:
             url += "?" + self.request.query

@@ -133,6 +133,24 @@ def test_same_server_lookups_ignore_the_host_header(
 
 
 @pytest.mark.orthanc
+def test_credentials_go_with_same_server_lookups_only(
+    serve_app: Callable[..., AppServer], iid_orthanc: OrthancServer
+) -> None:
+    guarded = DicomwebProxy(iid_orthanc.dicomweb, token="t0ken")
+    query = "/iid/IHEInvokeImageDisplay?requestType=STUDY&accessionNumber=ACC2"
+    auth = {"Authorization": "Bearer t0ken"}
+    same = serve_app([guarded, IidFacade(timeout=10)])
+    response = requests.get(same.url + query, headers=auth, allow_redirects=False, timeout=60)
+    assert response.status_code == 302, response.text
+    assert guarded.seen[-1]["Authorization"] == "Bearer t0ken"
+    # the same DICOMweb configured as another server: the caller's token stays home
+    other = serve_app([IidFacade(dicomweb_base=f"{same.url}/dicom-web", timeout=10)])
+    response = requests.get(other.url + query, headers=auth, allow_redirects=False, timeout=60)
+    assert response.status_code == 502
+    assert "Authorization" not in guarded.seen[-1]
+
+
+@pytest.mark.orthanc
 def test_an_unknown_accession_number_is_404(
     facade_with: Callable[..., AppServer], iid_orthanc: OrthancServer
 ) -> None:
