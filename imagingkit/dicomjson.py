@@ -93,6 +93,9 @@ _KNOWN_VRS = frozenset(
 #: explicit-VR bytes -> (VR, has a 4-byte length) (PS3.5 §7.1.2)
 _VR_CODES = {vr.encode("ascii"): (vr, vr in _LONG_LENGTH_VRS) for vr in _KNOWN_VRS}
 _TAG_KEYS: dict[int, str] = {}
+_EXPLICIT_HEADER = struct.Struct("<HH2sH").unpack_from
+_IMPLICIT_HEADER = struct.Struct("<HHI").unpack_from
+_U32 = struct.Struct("<I").unpack_from
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _PIXEL_REPRESENTATION = 0x00280103
@@ -548,14 +551,18 @@ class _FastReader:
         creators: dict[int, str] = {}
         pixel_rep: int | None = None
         implicit = self.implicit
-        unpack = struct.unpack_from
         size = self.size
         vr_codes = _VR_CODES
-        only = self.only
+        skip = self.only if top else None
+        explicit_header, implicit_header, long_length = _EXPLICIT_HEADER, _IMPLICIT_HEADER, _U32
         while pos < end:
             if pos + 8 > size:
                 raise _Truncated(f"element header at byte {pos}")
-            group, elem = unpack("<HH", buf, pos)
+            if implicit:
+                group, elem, length = implicit_header(buf, pos)
+                vr_bytes = b""
+            else:
+                group, elem, vr_bytes, length = explicit_header(buf, pos)
             tag = (group << 16) | elem
             if group >= 0x7FE0:
                 if tag == 0xFFFEE00D:  # item delimitation: end of an undefined-length item
@@ -564,28 +571,21 @@ class _FastReader:
                     self._pixel_entry(out, pos, tag)
                     return out, pos
             if implicit:
-                length = unpack("<I", buf, pos + 4)[0]
                 pos += 8
-                vr = self._implicit_vr(tag, creators, pixel_rep)
+                vr = ""
             else:
-                code = vr_codes.get(buf[pos + 4 : pos + 6])
+                code = vr_codes.get(vr_bytes)
                 if code is None:
                     raise _NeedPydicom
                 vr = code[0]
                 if code[1]:
-                    length = unpack("<I", buf, pos + 8)[0]
+                    length = long_length(buf, pos + 8)[0]
                     pos += 12
                 else:
-                    length = unpack("<H", buf, pos + 6)[0]
                     pos += 8
-                if vr == "UN" and length != 0xFFFFFFFF:
-                    # pydicom decodes UN as the known VR (config.replace_un_with_known_vr)
-                    vr = self._implicit_vr(tag, creators, pixel_rep)
-                    if vr == "SQ":
-                        raise _NeedPydicom  # an implicit-VR sequence inside UN
-            if top and only is not None and tag not in only:
+            if skip is not None and tag not in skip:  # not wanted: step over the value
                 if length == 0xFFFFFFFF:
-                    if vr != "SQ":
+                    if not implicit and vr != "SQ":
                         raise _NeedPydicom
                     pos = self._skip_sequence(pos)
                 else:
@@ -593,6 +593,13 @@ class _FastReader:
                     if pos > size:
                         raise _Truncated(f"value of ({group:04X},{elem:04X}) runs past the end")
                 continue
+            if implicit:
+                vr = self._implicit_vr(tag, creators, pixel_rep)
+            elif vr == "UN" and length != 0xFFFFFFFF:
+                # pydicom decodes UN as the known VR (config.replace_un_with_known_vr)
+                vr = self._implicit_vr(tag, creators, pixel_rep)
+                if vr == "SQ":
+                    raise _NeedPydicom  # an implicit-VR sequence inside UN
             if length == 0xFFFFFFFF:
                 if vr not in ("SQ",):
                     raise _NeedPydicom  # undefined-length UN/OB outside pixel data

@@ -93,6 +93,15 @@ class IndexedAttribute:
     level: str
     column: str
 
+    @property
+    def key(self) -> str:
+        """The DICOM JSON key, ``"GGGGEEEE"``."""
+        return _key(self.tag)
+
+
+def _key(tag: int) -> str:
+    return f"{tag:08X}"
+
 
 def _attrs(level: str, *items: tuple[str, int, str, str]) -> list[IndexedAttribute]:
     return [IndexedAttribute(kw, tag, vr, level, col) for kw, tag, vr, col in items]
@@ -309,7 +318,9 @@ def _first(dataset: DicomJson, tag: int) -> Any:
 
 
 def _column_value(attribute: IndexedAttribute, dataset: DicomJson) -> Any:
-    value = _first(dataset, attribute.tag)
+    entry = dataset.get(attribute.key)
+    values = entry.get("Value") if entry else None
+    value = values[0] if values else None
     if value is None:
         return None
     vr = attribute.vr
@@ -408,9 +419,7 @@ def _parse_file(root: str, rel: str, size: int, mtime_ns: int) -> _Parsed | _Ski
     """Read one file's header; never raises (a failure becomes a :class:`_Skipped`)."""
     path = os.path.join(root, rel)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom's complaints about odd files
-            header, header_json = _read_header(path)
+        header, header_json = _read_header(path)
     except InvalidDICOMError as exc:
         return _Skipped(rel, size, mtime_ns, exc.message)
     except OSError as exc:
@@ -451,7 +460,9 @@ _IDENTIFYING_UIDS = (
 
 
 def _parse_chunk(root: str, items: Sequence[tuple[str, int, int]]) -> list[_Parsed | _Skipped]:
-    return [_parse_file(root, rel, size, mtime) for rel, size, mtime in items]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's complaints about odd files
+        return [_parse_file(root, rel, size, mtime) for rel, size, mtime in items]
 
 
 # --------------------------------------------------------------------------- schema
@@ -898,7 +909,7 @@ class DicomIndex:
         """
         rel = self._relative(path)
         st = os.stat(self.root / rel)
-        result = _parse_file(str(self.root), rel, st.st_size, st.st_mtime_ns)
+        (result,) = _parse_chunk(str(self.root), [(rel, st.st_size, st.st_mtime_ns)])
         with self._transaction() as db:
             if isinstance(result, _Skipped):
                 self._store_skipped(db, result, None)
