@@ -720,6 +720,7 @@ class _HubHandler(_HubBase):
         self.write_json(200, context)
 
     def post(self, topic: str | None = None) -> None:
+        token = self.authenticate()  # 401 before anything about the body is revealed
         body = self.request.body
         if len(body) > self.hub.policy.max_event_bytes:
             raise HTTPProblem(
@@ -730,15 +731,15 @@ class _HubHandler(_HubBase):
             not ctype and not body.lstrip().startswith(b"{")
         )
         if is_form:
-            self._subscription(body)
+            self._subscription(body, token)
             return
         message = protocol.loads_object(body, "request body")
         if "hub.mode" in message or "hub.channel.type" in message:
-            self._subscription(message)  # JSON subscriptions seen in the wild
+            self._subscription(message, token)  # JSON subscriptions seen in the wild
             return
-        self._publish(message, topic)
+        self._publish(message, topic, token)
 
-    def _subscription(self, body: bytes | dict[str, Any]) -> None:
+    def _subscription(self, body: bytes | dict[str, Any], token: TokenInfo | None) -> None:
         policy = self.hub.policy
         req = protocol.parse_subscription_request(
             body,
@@ -746,7 +747,6 @@ class _HubHandler(_HubBase):
             accept_unknown=policy.accept_unknown_events,
             require_subscriber_name=policy.require_subscriber_name,
         )
-        token = self.authenticate()
         if req.mode == "subscribe":
             endpoint = self.hub.subscribe(req, token)
         else:
@@ -755,7 +755,7 @@ class _HubHandler(_HubBase):
         url = f"{scheme}://{self.request.host}{self.prefix}/ws/{endpoint}"
         self.write_json(202, {"hub.channel.endpoint": url})
 
-    def _publish(self, message: dict[str, Any], topic: str | None) -> None:
+    def _publish(self, message: dict[str, Any], topic: str | None, token: TokenInfo | None) -> None:
         policy = self.hub.policy
         event = protocol.parse_event(
             message,
@@ -767,7 +767,6 @@ class _HubHandler(_HubBase):
             raise InvalidInputError(
                 f"event.hub.topic {event.topic!r} differs from the topic in the URL {topic!r}"
             )
-        token = self.authenticate()
         broadcast = self.hub.publish(event, token)
         body: dict[str, Any] = {"id": broadcast.id, "hub.event": broadcast.name}
         if broadcast.version_id:

@@ -134,3 +134,8 @@ def test_websocket_connect_is_ticket_based(secured):
 )
 def test_scope_grammar(scopes, event, access, allowed):
     assert scope_allows(scopes, event, access) is allowed
+
+
+def test_unauthenticated_requests_learn_nothing_about_their_body(secured):
+    assert publish(secured.url, "{not json").status_code == 401
+    assert publish(secured.url, {"id": "x"}).status_code == 401
