@@ -202,6 +202,18 @@ def test_duplicate_instances_newest_file_wins_and_the_other_takes_over(index: Di
     assert index.verify() == []
 
 
+def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    root, db = tmp_path / "root", tmp_path / "index.sqlite"
+    _study(root, 2)
+    with DicomIndex(db, root) as idx:
+        idx.scan()
+    db.write_bytes(b"this is no longer an SQLite database" * 100)
+    with DicomIndex(db, root) as idx:
+        assert idx.scan().added == 2
+        assert idx.verify() == []
+    assert len(list(tmp_path.glob("index.sqlite.damaged-*"))) == 1
+
+
 def test_date_and_time_normalization() -> None:
     assert normalize_date("20200131") == "20200131"
     assert normalize_date("2020.01.31") == "20200131"

@@ -524,15 +524,35 @@ class DicomIndex:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(
-                str(self.db_path), isolation_level=None, check_same_thread=False, timeout=30
-            )
+            self._db = self._connect()
             self._open()
         except sqlite3.DatabaseError as exc:
-            raise SandboxError(f"cannot open the DICOM index {str(self.db_path)!r}: {exc}") from exc
+            # The index is a cache of the folder: a damaged one is set aside and rebuilt.
+            with contextlib.suppress(Exception):
+                self._db.close()
+            aside = self.db_path.with_name(f"{self.db_path.name}.damaged-{time.time_ns()}")
+            log.warning("DICOM index %s is unreadable (%s); rebuilding it", self.db_path, exc)
+            try:
+                if self.db_path.exists():
+                    self.db_path.rename(aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+                self._db = self._connect()
+                self._open()
+            except (OSError, sqlite3.DatabaseError) as again:
+                raise SandboxError(
+                    f"cannot open the DICOM index {str(self.db_path)!r}: {again}"
+                ) from again
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            str(self.db_path), isolation_level=None, check_same_thread=False, timeout=30
+        )
 
     def _open(self) -> None:
         db = self._db
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("quick_check failed")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=OFF")
