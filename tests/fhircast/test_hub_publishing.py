@@ -153,3 +153,12 @@ def test_oversized_request_is_413(make_hub):
     hub = make_hub(max_event_bytes=2000)
     message = patient_open(new_topic(), {"resourceType": "Patient", "id": "p", "x": "y" * 3000})
     assert publish(hub.url, message).status_code == 413
+
+
+def test_ohif_style_api_hub_aliases(hub):
+    topic = new_topic()
+    sub = RawSubscriber(hub.url + "/api/hub", topic, "Patient-open", hub__lease="60")
+    message = patient_open(topic)
+    assert publish(hub.url, message, path=f"/api/hub/{topic}").status_code == 202
+    assert sub.recv_event()["id"] == message["id"]
+    sub.close()
