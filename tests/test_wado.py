@@ -566,6 +566,7 @@ def test_frame_lists_and_errors(store: Store) -> None:
     )
     single = _get(store.url(record, "/frames/2"), "application/octet-stream")
     assert single.content == reference[1].tobytes()
+    assert single.headers["Content-Length"] == str(len(single.content))  # not chunked
 
 
 def test_one_bit_frames_are_repacked_from_their_bit_offset(store: Store) -> None:

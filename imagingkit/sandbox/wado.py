@@ -99,6 +99,8 @@ T = TypeVar("T")
 
 _UID = r"([^/]+)"
 _FRAME_LIST = re.compile(r"^[0-9]+(,[0-9]+)*$")
+#: answers are flushed whenever this many bytes are pending
+_FLUSH_BYTES = 1 << 20
 #: parts prepared ahead of the one being sent (transcoding overlaps sending)
 _LOOKAHEAD = 2
 #: up to this many files are checked on the event loop before sending them as stored
@@ -227,6 +229,7 @@ class _WadoHandler(BaseHandler):
     def initialize(self, service: WadoService) -> None:
         self.wado = service
         self._started = False
+        self._pending = 0
 
     def compute_etag(self) -> str | None:
         return None  # hashing megabytes of pixels per answer is not worth it
@@ -290,10 +293,19 @@ class _WadoHandler(BaseHandler):
             return False
         return True
 
-    async def send(self, chunk: bytes) -> bool:
-        """Write and flush *chunk*; return False if the client went away."""
+    async def send(self, *chunks: bytes) -> bool:
+        """Queue *chunks*, flushing once a megabyte is pending; False if the client left.
+
+        An answer that never reaches the threshold goes out whole at the end with a
+        Content-Length (tornado sets it), without chunk framing.
+        """
         self._started = True
-        self.write(chunk)
+        for chunk in chunks:
+            self.write(chunk)
+            self._pending += len(chunk)
+        if self._pending < _FLUSH_BYTES:
+            return True
+        self._pending = 0
         try:
             await self.flush()
         except StreamClosedError:
@@ -602,8 +614,8 @@ class FramesHandler(_WadoHandler):
             if not self._started:
                 content_type = part_type if choice.single_part else writer.content_type
                 self.set_header("Content-Type", content_type)
-            chunk = data if choice.single_part else writer.head({"Content-Type": part_type}) + data
-            if not await self.send(chunk):
+            head = b"" if choice.single_part else writer.head({"Content-Type": part_type})
+            if not await self.send(head, data):
                 return
         if not choice.single_part:
             self.write(writer.close())
@@ -735,10 +747,11 @@ class RenderedHandler(_WadoHandler):
             if request.multipart:
                 if not self._started:
                     self.set_header("Content-Type", writer.content_type)
-                data = writer.head({"Content-Type": request.media}) + data
+                head = writer.head({"Content-Type": request.media})
             else:
                 self.set_header("Content-Type", request.media)
-            if not await self.send(data):
+                head = b""
+            if not await self.send(head, data):
                 return
         if request.multipart:
             self.write(writer.close())
