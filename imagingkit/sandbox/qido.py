@@ -89,7 +89,7 @@ __all__ = [
 
 #: more ``includefield`` entries than this are refused (400)
 MAX_INCLUDEFIELDS = 500
-#: the largest integer SQLite stores; larger offsets are refused
+#: larger limits and offsets are clamped to this (SQLite integers are 64-bit)
 _MAX_INT = 2**62
 
 LEVELS = ("study", "series", "instance")
@@ -242,13 +242,14 @@ def _integer(args: Mapping[str, Sequence[str]], name: str, minimum: int) -> int 
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 30:
+    if not (text.isascii() and text.isdigit()):
         shown = value if len(value) <= 40 else value[:40] + "…"
         raise InvalidQueryError(f"{name}={shown!r}: expected a whole number ≥ {minimum}")
-    number = int(text)
+    # Absurdly long numbers are clamped, not converted (callers cap them anyway).
+    number = int(text) if len(text) <= 18 else _MAX_INT
     if number < minimum:
         raise InvalidQueryError(f"{name}={value!r}: expected a whole number ≥ {minimum}")
-    return number
+    return min(number, _MAX_INT)
 
 
 def parse_query(
@@ -283,15 +284,15 @@ def parse_query(
             "Empty Value Matching has not been performed."
         )
     limit = _integer(args, "limit", 1)
-    query.offset = _integer(args, "offset", 0) or 0
-    if query.offset > _MAX_INT:
-        raise InvalidQueryError(f"offset={query.offset} is larger than this server supports")
+    query.offset = _integer(args, "offset", 0) or 0  # past the end: an empty page
     if limit is None:
         query.limit = max_limit
     elif limit > max_limit:
         query.limit = max_limit
+        shown = args["limit"][0].strip()
+        shown = shown if len(shown) <= 24 else f"{shown[:20]}..."  # headers are ASCII
         query.warnings.append(
-            f"299 {service}: The limit {limit} exceeds the maximum of {max_limit} results "
+            f"299 {service}: The limit {shown} exceeds the maximum of {max_limit} results "
             f"supported by the server; at most {max_limit} results are returned."
         )
     else:
