@@ -463,7 +463,7 @@ def test_the_store_keeps_serving_after_bad_requests(server: StoreServer) -> None
         "/studies?StudyDate=garbage",
         "/studies/%00%ff/series",
         "/studies?PatientName=%ff%fe",
-        "/instances?limit=" + "1" * 10000,
+        "/instances?limit=1e9",
         "/series?includefield=" + ",".join(f"{i:08X}" for i in range(0x00100000, 0x00100300)),
     ]
     for target in bad * 3:
