@@ -280,7 +280,7 @@ def test_transaction_resolves_urn_uuid_references(base: str) -> None:
             "request": {"method": "POST", "url": "ImagingStudy"},
         },
         {"resource": endpoint(), "request": {"method": "PUT", "url": "Endpoint/dicomweb"}},
-        {"request": {"method": "GET", "url": "Patient?family=lovelace"}},
+        {"request": {"method": "GET", "url": "Patient?family=lovelace&colour=blue"}},
     )
     response = post(base, bundle)
     assert response.status_code == 200, response.text

@@ -243,7 +243,7 @@ def _run_transaction(
         for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
             try:
                 responses[entry.index] = _run_entry(
-                    interactions, entry, urls, pending, removed, strict=True
+                    interactions, entry, urls, pending, removed, strict=False
                 )
             except ImagingKitError as exc:
                 exc.message = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): " + (
@@ -267,6 +267,8 @@ def _run_entry(
     *,
     strict: bool,
 ) -> Response:
+    """Run one entry; *strict* applies to the searches of GET entries (lenient in Bundles,
+    as for a plain GET without ``Prefer: handling=strict``)."""
     if entry.method in ("GET", "HEAD"):
         if urls is None:
             raise InvalidInputError("GET entries need a base URL to build their answers")
@@ -311,7 +313,7 @@ def _run_batch(
                 _plan_ids(interactions, [entry])
                 if entry.resource is not None:
                     _resolve_references(interactions, entry, {}, urls)
-                response = _run_entry(interactions, entry, urls, set(), set(), strict=True)
+                response = _run_entry(interactions, entry, urls, set(), set(), strict=False)
             out.append(_response_entry(response, urls, minimal))
         except (ImagingKitError, FHIRError) as exc:
             out.append(_error_entry(exc))
