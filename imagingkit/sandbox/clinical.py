@@ -34,7 +34,10 @@ from imagingkit.sandbox.clinical_imaging import (
     PatientFacts,
     SeriesFacts,
     StudyFacts,
+    dicom_date,
+    dicom_datetime,
     dicomweb_endpoint,
+    imaging_study_id,
     imaging_study_resource,
     patient_id,
     patient_resource,
@@ -44,6 +47,7 @@ from imagingkit.sandbox.clinical_synthetic import (
     condition_resource,
     diagnostic_report_resource,
     encounter_resource,
+    imaging_study_links,
     observation_resources,
 )
 from imagingkit.sandbox.fhir.representation import PLACEHOLDER
@@ -276,9 +280,8 @@ def _cohort_reasons(cohort: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     }
 
 
-def _visits(
-    studies: Sequence[StudyFacts], cohort: Mapping[str, Any]
-) -> list[tuple[StudyFacts, VisitContext]]:
+def _visits(studies: Sequence[StudyFacts], cohort: Mapping[str, Any]) -> list[VisitContext]:
+    """The visits of the studies *cohort* gives a reason for, in chronological order."""
     entries = _cohort_reasons(cohort)
     seed = int(cohort.get("seed", 0))
     visits = []
@@ -286,40 +289,40 @@ def _visits(
         entry = entries.get(study.uid)
         if entry is None:
             continue
-        patient = patient_resource(study.patient)
-        imaging = imaging_study_resource(study)
-        birth = patient.get("birthDate")
+        birth = dicom_date(study.patient.birth_date)
+        size = study.patient_size_m
         visits.append(
-            (
-                study,
-                VisitContext(
-                    study_uid=study.uid,
-                    imaging_study_id=imaging["id"],
-                    patient_id=patient["id"],
-                    started=_parse_started(imaging.get("started")),
-                    gender=patient["gender"],
-                    birth_date=dt.date.fromisoformat(birth) if birth else None,
-                    reason=entry["reason"],
-                    description=study.description,
-                    seed=seed,
-                    height_cm=study.patient_size_m * 100 if study.patient_size_m else None,
-                    weight_kg=study.patient_weight_kg,
-                ),
+            VisitContext(
+                study_uid=study.uid,
+                imaging_study_id=imaging_study_id(study.uid),
+                patient_id=patient_id(study.patient),
+                started=_parse_started(dicom_datetime(study.date, study.time, study.timezone)),
+                gender=patient_resource(study.patient)["gender"],
+                birth_date=dt.date.fromisoformat(birth) if birth else None,
+                reason=entry["reason"],
+                description=study.description,
+                seed=seed,
+                height_cm=size * 100 if size else None,
+                weight_kg=study.patient_weight_kg,
             )
         )
-    visits.sort(key=lambda item: (item[1].started, item[1].study_uid))
+    visits.sort(key=lambda visit: (visit.started, visit.study_uid))
     return visits
 
 
 def _clinical_resources(
-    visits: Sequence[tuple[StudyFacts, VisitContext]],
+    visits: Sequence[VisitContext],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Encounters, Conditions, Observations, reports; and ImagingStudy links per study."""
+    """Encounters, Conditions, Observations, reports; and ImagingStudy links per study.
+
+    One Condition per patient and reason, recorded at its first visit; whether the
+    imaging confirmed it is decided once, there, and holds for every later report.
+    """
     resources: list[dict[str, Any]] = []
     extras: dict[str, dict[str, Any]] = {}
     first_of_condition: dict[str, VisitContext] = {}
     measured_height: set[str] = set()
-    for _study, visit in visits:
+    for visit in visits:
         first = first_of_condition.setdefault(visit.condition_id, visit)
         positive = first.finding_positive()
         resources.append(encounter_resource(visit))
@@ -330,23 +333,7 @@ def _clinical_resources(
         )
         measured_height.add(visit.patient_id)
         resources.append(diagnostic_report_resource(visit, positive=positive))
-        reason = dict(visit.reason)
-        extras[visit.study_uid] = {
-            "encounter": {"reference": f"Encounter/{visit.encounter_id}"},
-            "reasonCode": [
-                {
-                    "coding": [
-                        {
-                            "system": reason.get("system", "http://snomed.info/sct"),
-                            "code": reason["code"],
-                            "display": reason["display"],
-                        }
-                    ],
-                    "text": reason["display"],
-                }
-            ],
-            "reasonReference": [{"reference": f"Condition/{visit.condition_id}"}],
-        }
+        extras[visit.study_uid] = imaging_study_links(visit)
     return resources, extras
 
 
@@ -627,8 +614,3 @@ def _read_or_none(store: Any, resource_type: str, resource_id: str) -> dict[str,
     if found is None:
         return None
     return dict(found) if isinstance(found, Mapping) else None
-
-
-def patient_of(study: StudyFacts) -> str:
-    """``"Patient/<id>"`` of a study's patient (convenience for callers and tests)."""
-    return f"Patient/{patient_id(study.patient)}"

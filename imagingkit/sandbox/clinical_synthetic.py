@@ -29,6 +29,7 @@ __all__ = [
     "condition_resource",
     "diagnostic_report_resource",
     "encounter_resource",
+    "imaging_study_links",
     "observation_resources",
 ]
 
@@ -160,6 +161,16 @@ def _reason_concept(reason: Mapping[str, str]) -> dict[str, Any]:
 
 def _ref(kind: str, ident: str) -> dict[str, str]:
     return {"reference": f"{kind}/{ident}"}
+
+
+def imaging_study_links(visit: VisitContext) -> dict[str, Any]:
+    """The ImagingStudy elements that tie it to its visit: ``encounter``, ``reasonCode``
+    and ``reasonReference`` (the Condition)."""
+    return {
+        "encounter": _ref("Encounter", visit.encounter_id),
+        "reasonCode": [_reason_concept(visit.reason)],
+        "reasonReference": [_ref("Condition", visit.condition_id)],
+    }
 
 
 def encounter_resource(visit: VisitContext) -> dict[str, Any]:
