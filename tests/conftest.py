@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import Generator
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def _generator_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def _prune_stale(current: Path, unused_for: float = 3600) -> None:
+    """Delete cached sandboxes of older generator versions unused for *unused_for* s."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    for entry in current.parent.glob(f"{prefix}*"):
+        if entry == current or not entry.is_dir():
+            continue
+        if time.time() - entry.stat().st_mtime > unused_for:
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_name(f"{entry.name}.lock").unlink(missing_ok=True)
+
+
 def cached_sandbox_data_dir(size: str = SANDBOX_SIZE, seed: int = SANDBOX_SEED) -> Path:
     """Return a data dir holding the generated sandbox of *size*, generating it once.
 
@@ -96,6 +108,8 @@ def cached_sandbox_data_dir(size: str = SANDBOX_SIZE, seed: int = SANDBOX_SEED) 
 
     data_dir = TEST_DATA_CACHE / f"{size}-seed{seed}-{_generator_fingerprint()}"
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.touch()  # in use: keep it from being pruned
+    _prune_stale(data_dir)
     with (TEST_DATA_CACHE / f"{data_dir.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -20,7 +20,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,8 @@ class Pair:
     refused: dict[Path, str]
     #: files left out before loading, with the reason
     left_out: dict[Path, str]
+    #: SOP Instance UID → pixels decoded from the file (None: not decodable here)
+    decoded: dict[str, np.ndarray | None] = field(default_factory=dict)
 
     def both(self) -> list[tuple[str, str]]:
         return [("Orthanc", self.orthanc.dicomweb), ("embedded", self.embedded.dicomweb)]
@@ -603,12 +605,15 @@ def _with_reference_pixels(pair: Pair) -> Iterator[tuple[Instance, np.ndarray]]:
     for instance in pair.instances:
         if not instance.has_pixels:
             continue
-        try:
-            pixels = pydicom.dcmread(instance.path).pixel_array
-        except Exception as exc:
-            assert "realworld" in instance.path.parts, f"{instance.path} does not decode: {exc}"
-            continue
-        yield instance, pixels
+        if instance.sop not in pair.decoded:
+            try:
+                pair.decoded[instance.sop] = pydicom.dcmread(instance.path).pixel_array
+            except Exception as exc:
+                assert "realworld" in instance.path.parts, f"{instance.path} does not decode: {exc}"
+                pair.decoded[instance.sop] = None
+        pixels = pair.decoded[instance.sop]
+        if pixels is not None:
+            yield instance, pixels
 
 
 def _single_part(response: RawResponse, what: str) -> tuple[dict[str, str], bytes]:
