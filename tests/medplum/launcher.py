@@ -10,10 +10,12 @@ Used by ``tests/test_fhir_differential_medplum.py`` and ``bench/fhir_store_vs_me
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -66,7 +68,9 @@ def _installed() -> bool:
 
 def _install(npm: str, timeout: float) -> str | None:
     """Run ``npm ci`` once (a file lock serialises concurrent sessions); return an error."""
-    with (MEDPLUM_DIR / ".npm-install.lock").open("w") as lock:
+    # the lock lives outside the work tree (npm ci empties node_modules)
+    digest = hashlib.sha256(str(MEDPLUM_DIR).encode()).hexdigest()[:12]
+    with (Path(tempfile.gettempdir()) / f"imagingkit-npm-{digest}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if _installed():
