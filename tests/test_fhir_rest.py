@@ -212,6 +212,29 @@ def test_history_pages_stay_put_while_writes_happen(base: str) -> None:
     assert seen == ["x4", "x3", "x2", "x1", "x0"]
 
 
+def test_search_pages_stay_valid_while_data_changes(base: str) -> None:
+    """Paging follows the result list of the first request (a snapshot): writes between
+    pages neither shift nor repeat entries; deleted resources are left out."""
+    for i in range(5):
+        put(f"{base}/Patient/s{i}", patient(id=f"s{i}"))
+    first = get(f"{base}/Patient?_sort=-_lastUpdated,-_id&_count=2").json()
+    seen = [e["resource"]["id"] for e in first["entry"]]
+    assert seen == ["s4", "s3"] and first["total"] == 5
+    put(f"{base}/Patient/newest", patient(id="newest"))  # would shift offset paging
+    requests.delete(f"{base}/Patient/s0", timeout=30)  # on the last page
+    url = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    for _ in range(10):
+        page = get(url).json()
+        seen += [e["resource"]["id"] for e in page.get("entry", [])]
+        url = next((x["url"] for x in page["link"] if x["relation"] == "next"), None)
+        if url is None:
+            break
+    assert seen == ["s4", "s3", "s2", "s1"]
+    again = get(f"{base}/Patient?_sort=-_lastUpdated,-_id&_count=2").json()
+    assert again["total"] == 5
+    assert [e["resource"]["id"] for e in again["entry"]] == ["newest", "s4"]
+
+
 def test_delete(base: str) -> None:
     """R4 http §3.1.0.7: delete, then read answers 410 Gone; history keeps the versions."""
     put(f"{base}/Patient/d", patient(id="d"))

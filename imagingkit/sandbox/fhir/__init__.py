@@ -2,7 +2,7 @@
 
 Public entry point: :class:`FhirStore` (a server component mounted at ``{base_url}fhir``).
 See :mod:`.representation` for how ``Endpoint.address`` placeholders
-(``urn:imagingkit:dicom-web``) are rendered as the app's absolute DICOMweb URL.
+(``urn:imagingkit:dicomweb-base``) are rendered as the app's absolute DICOMweb URL.
 """
 
 from imagingkit.sandbox.fhir.store import FhirStore

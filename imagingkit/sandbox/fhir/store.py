@@ -4,7 +4,7 @@
 the same process use its Python API, which has the same semantics as the REST API
 (a :meth:`FhirStore.transaction` is the same as POSTing the Bundle to ``/fhir``).
 
-Endpoint addresses: store ``"address": "urn:imagingkit:dicom-web"`` and every response
+Endpoint addresses: store ``"address": "urn:imagingkit:dicomweb-base"`` and every response
 renders it as the DICOMweb base URL of the app as the client reached it (see
 :mod:`.representation`).
 """
