@@ -9,6 +9,7 @@ to read rendered images — against the source files' own pixel arrays.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import os
 import shutil
@@ -106,6 +107,7 @@ class Store:
     multiframe: InstanceRecord  # 4 frames, uint16, Explicit VR Little Endian
     mixed: list[InstanceRecord]  # one plain instance, one in a syntax nobody decodes
     bits: InstanceRecord  # BIT_FRAMES, bit-packed
+    big: list[InstanceRecord]  # 40 × 256×256 uint16: 5 MB, more than socket buffers hold
 
     def url(self, record: InstanceRecord, suffix: str = "") -> str:
         return (
@@ -175,7 +177,25 @@ def _generated(root: Path) -> dict[str, list[Path]]:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
     ds.PixelData = pack_bits(BIT_FRAMES.ravel())
     ds.save_as(bits, enforce_file_format=True)
-    return {"ct": ct, "twins": twins, "multi": [multi], "mixed": mixed, "bits": [bits]}
+    big_series = generate_uid()
+    big = [
+        _write(
+            root / "gen" / f"big{i}.dcm",
+            rng.integers(0, 4096, (256, 256)).astype(np.uint16),
+            study=generate_uid(entropy_srcs=["big"]),
+            series=big_series,
+            number=i + 1,
+        )
+        for i in range(40)
+    ]
+    return {
+        "ct": ct,
+        "twins": twins,
+        "multi": [multi],
+        "mixed": mixed,
+        "bits": [bits],
+        "big": big,
+    }
 
 
 def _serve(routes: RouteList) -> tuple[str, threading.Thread, asyncio.AbstractEventLoop]:
@@ -240,6 +260,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         multiframe=records(generated["multi"])[0],
         mixed=records(generated["mixed"]),
         bits=records(generated["bits"])[0],
+        big=records(generated["big"]),
     )
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
@@ -786,3 +807,18 @@ def test_a_file_replaced_on_disk_is_served_fresh(store: Store) -> None:
     after = _parts(_get(store.url(record, "/frames/1")))[0][1]
     assert np.frombuffer(after, "<u2").tolist() == [9] * 64
     assert _get(store.url(record, "/metadata")).json()[0]["00281050"]["Value"] == [6]
+
+
+def test_a_client_that_hangs_up_mid_stream_does_not_hurt_the_server(store: Store) -> None:
+    big = store.big[0]
+    target = f"/dicom-web/studies/{big.study_uid}"
+    host, port = store.base.split("//")[1].split("/")[0].split(":")
+    for accept in (INSTANCE, INSTANCE + "; transfer-syntax=1.2.840.10008.1.2.5"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", target, headers={"Accept": accept})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert len(response.read(1000)) == 1000
+        connection.close()  # gone with most of the study unread
+    after = _get(f"{store.base}{target.removeprefix('/dicom-web')}", INSTANCE)
+    assert len(_parts(after)) == len(store.big)
