@@ -373,26 +373,18 @@ def can_transcode(stored: str, target: str) -> bool:
     """
     if target == stored and target not in FORBIDDEN_WEB_SYNTAXES:
         return True
+    decodable = stored in UNCOMPRESSED_SYNTAXES or _plugin_available("decode", stored)
     if target == EXPLICIT_VR_LITTLE_ENDIAN:
-        return stored in UNCOMPRESSED_SYNTAXES or _decoder_available(stored)
-    if target in LOSSLESS_TARGETS:
-        decodable = stored in UNCOMPRESSED_SYNTAXES or _decoder_available(stored)
-        return decodable and _encoder_available(target)
-    return False
+        return decodable
+    return target in LOSSLESS_TARGETS and decodable and _plugin_available("encode", target)
 
 
-@functools.lru_cache(maxsize=64)
-def _decoder_available(syntax: str) -> bool:
+@functools.lru_cache(maxsize=128)
+def _plugin_available(direction: str, syntax: str) -> bool:
+    """Whether pydicom has an installed decoder ("decode") or encoder for *syntax*."""
+    factory = get_decoder if direction == "decode" else get_encoder
     try:
-        return bool(get_decoder(syntax).is_available)
-    except (NotImplementedError, ValueError, KeyError):
-        return False
-
-
-@functools.lru_cache(maxsize=64)
-def _encoder_available(syntax: str) -> bool:
-    try:
-        return bool(get_encoder(syntax).is_available)
+        return bool(factory(syntax).is_available)
     except (NotImplementedError, ValueError, KeyError):
         return False
 
