@@ -118,11 +118,11 @@ class BufferPool:
     """Reusable byte buffers for sending files.
 
     Writing a fresh half-megabyte buffer per instance costs more in page faults than the
-    copy itself on small VMs; reusing a few buffers avoids that. Buffers above
-    *largest* bytes are not kept.
+    copy itself on small VMs; reusing a few buffers avoids that. At most *keep* buffers
+    of at most *largest* bytes are kept (64 MiB by default, within a Binder's budget).
     """
 
-    def __init__(self, keep: int = 8, largest: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, keep: int = 4, largest: int = 16 * 1024 * 1024) -> None:
         self.keep = keep
         self.largest = largest
         self._free: list[bytearray] = []
