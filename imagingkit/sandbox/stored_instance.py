@@ -22,9 +22,10 @@ import functools
 import io
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pydicom
@@ -47,11 +48,12 @@ from imagingkit.errors import InvalidDICOMError
 
 __all__ = [
     "LOSSLESS_TARGETS",
-    "HeaderCache",
+    "FileCache",
     "StoredInstance",
     "TranscodeError",
     "as_stored_syntax",
     "can_transcode",
+    "header_cache",
     "instance_bytes",
 ]
 
@@ -263,55 +265,67 @@ def _decode_frame(instance: StoredInstance, index: int) -> bytes:
 # --------------------------------------------------------------------------- loading
 
 
-class HeaderCache:
-    """A small LRU cache of parsed headers, keyed by path, size and modification time
-    (so a replaced file is parsed again).
+V = TypeVar("V")
+
+
+class FileCache(Generic[V]):
+    """A small LRU cache of values computed from files, keyed by path, size and
+    modification time (so a replaced file is computed again).
 
     Parameters
     ----------
     size : int
-        How many headers to keep.
+        How many values to keep.
+    compute : callable, optional
+        ``compute(path) -> value``: how :meth:`load` fills the cache by default.
     """
 
-    def __init__(self, size: int = _HEADER_CACHE_SIZE) -> None:
+    def __init__(self, size: int, compute: Callable[[Path], V] | None = None) -> None:
+        self.compute = compute
         self.size = size
-        self._items: collections.OrderedDict[tuple[str, int, int], StoredInstance] = (
-            collections.OrderedDict()
-        )
+        self._items: collections.OrderedDict[tuple[str, int, int], V] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def peek(self, path: Path) -> StoredInstance | None:
-        """Return the cached header of *path* if it is current, without parsing."""
-        try:
-            key = _key(path)
-        except InvalidDICOMError:
-            return None
+    def _lookup(self, key: tuple[str, int, int]) -> V | None:
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
             return found
 
-    def load(self, path: Path | str) -> StoredInstance:
-        """Return the header of *path*, parsing it if it is not cached.
+    def peek(self, path: Path) -> V | None:
+        """Return the cached value for *path* if it is current, computing nothing."""
+        try:
+            return self._lookup(_key(Path(path)))
+        except InvalidDICOMError:
+            return None
+
+    def load(self, path: Path, compute: Callable[[Path], V] | None = None) -> V:
+        """Return the value for *path*, computing it (with *compute* if given) on a miss.
 
         Raises
         ------
         InvalidDICOMError
-            If the file cannot be read as DICOM.
+            If the file cannot be read (or whatever *compute* raises).
         """
         key = _key(Path(path))
+        found = self._lookup(key)
+        if found is not None:
+            return found
+        compute = compute or self.compute
+        if compute is None:
+            raise TypeError("FileCache.load needs a compute function")
+        value = compute(Path(path))
         with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                return found
-        parsed = _parse(key[0])
-        with self._lock:
-            self._items[key] = parsed
+            self._items[key] = value
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
-        return parsed
+        return value
+
+
+def header_cache(size: int = _HEADER_CACHE_SIZE) -> FileCache[StoredInstance]:
+    """A :class:`FileCache` of parsed headers (:class:`StoredInstance`)."""
+    return FileCache(size, _parse)
 
 
 def _key(path: Path) -> tuple[str, int, int]:
@@ -322,11 +336,11 @@ def _key(path: Path) -> tuple[str, int, int]:
     return str(path), stat.st_mtime_ns, stat.st_size
 
 
-def _parse(path: str) -> StoredInstance:
+def _parse(path: Path) -> StoredInstance:
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER, force=True)
     except Exception as exc:
-        raise InvalidDICOMError(f"cannot parse {Path(path).name}: {exc}") from exc
+        raise InvalidDICOMError(f"cannot parse {path.name}: {exc}") from exc
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
     if not syntax:
@@ -344,7 +358,7 @@ def _parse(path: str) -> StoredInstance:
         if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and tell is not None:
             offset = int(tell)
     return StoredInstance(
-        path=Path(path),
+        path=path,
         transfer_syntax=syntax,
         has_preamble=getattr(ds, "preamble", None) is not None,
         header=ds,

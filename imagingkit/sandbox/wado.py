@@ -30,6 +30,7 @@ import asyncio
 import collections
 import dataclasses
 import functools
+import json
 import logging
 import os
 import re
@@ -70,11 +71,12 @@ from imagingkit.render.encode import (
 from imagingkit.render.lut import Window, display_frame
 from imagingkit.sandbox.dicom_index import DicomIndex, InstanceRecord
 from imagingkit.sandbox.stored_instance import (
-    HeaderCache,
+    FileCache,
     StoredInstance,
     TranscodeError,
     as_stored_syntax,
     can_transcode,
+    header_cache,
     instance_bytes,
 )
 from imagingkit.server.app import RouteList
@@ -107,7 +109,7 @@ _LOOKAHEAD = 2
 _INLINE_CHECKS = 16
 #: instances whose metadata is written per chunk of a metadata answer
 _METADATA_BATCH = 100
-_METADATA_CACHE_SIZE = 4096
+_METADATA_CACHE_SIZE = 2048
 _JSON_TYPES = ("application/dicom+json", "application/json")
 
 
@@ -169,12 +171,9 @@ class WadoService:
         self.executor: Executor = ThreadPoolExecutor(workers, thread_name_prefix="wado")
         # A token no DICOM JSON text contains; replaced by the request's base URL.
         self._base_token = f"@@base-{uuid.uuid4().hex}@@"
-        self._metadata: collections.OrderedDict[tuple[str, int, int], str] = (
-            collections.OrderedDict()
-        )
-        self._metadata_lock = threading.Lock()
         self.buffers = BufferPool()
-        self.headers = HeaderCache()
+        self.headers = header_cache()
+        self._metadata: FileCache[str] = FileCache(_METADATA_CACHE_SIZE)
 
     def close(self) -> None:
         """Stop the worker threads (pending work is finished first)."""
@@ -190,29 +189,16 @@ class WadoService:
 
         BulkDataURIs point at ``{base}/studies/…/instances/…/bulkdata/{tag path}``.
         """
-        stat = os.stat(record.path)
-        key = (str(record.path), stat.st_mtime_ns, stat.st_size)
-        with self._metadata_lock:
-            text = self._metadata.get(key)
-            if text is not None:
-                self._metadata.move_to_end(key)
-        if text is None:
-            text = self._read_metadata(record)
-            with self._metadata_lock:
-                self._metadata[key] = text
-                while len(self._metadata) > _METADATA_CACHE_SIZE:
-                    self._metadata.popitem(last=False)
+        text = self._metadata.load(record.path, lambda path: self._read_metadata(path, record))
         return text.replace(self._base_token, base)
 
-    def _read_metadata(self, record: InstanceRecord) -> str:
-        import json
-
+    def _read_metadata(self, path: Path, record: InstanceRecord) -> str:
         instance_url = self._base_token + _instance_path(record)
 
         def uri(tag_path: str) -> str:
             return f"{instance_url}/bulkdata/{tag_path}"
 
-        header = read_dicom_json(record.path, bulkdata_uri=uri)
+        header = read_dicom_json(path, bulkdata_uri=uri)
         return json.dumps(header.dataset, separators=(",", ":"), ensure_ascii=False)
 
 
