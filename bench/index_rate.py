@@ -74,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_corpus(root, args.files)
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
         print(f"corpus: {len(paths)} files, {megabytes:.0f} MB, {os.cpu_count()} CPUs")
-        cold, warm = [], []
+        load = os.getloadavg()[0]
+        cold, warm, cpu = [], [], []
         for run in range(args.runs):
             db = Path(tmp) / f"index{run}.sqlite"
             with DicomIndex(db, root) as index:
+                before = os.times()
                 report = index.scan()
+                after = os.times()
                 assert report.added == len(paths), report
                 cold.append(report.files_per_second)
+                used = sum(after[:4]) - sum(before[:4])  # user+sys, this process and workers
+                cpu.append(used / len(paths) * 1000)
                 started = time.perf_counter()
                 again = index.scan()
                 assert again.unchanged == len(paths), again
@@ -88,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         sample = paths[: min(len(paths), 1000)]
         baseline = pydicom_rate(sample)
         cold_rate = statistics.median(cold)
+        print(f"load average before the runs: {load:.1f} on {os.cpu_count()} CPUs")
         print(f"imagingkit index, cold scan : {cold_rate:8.0f} files/s (median of {args.runs})")
+        print(f"  CPU time (all processes)  : {statistics.median(cpu):8.3f} ms/file")
         print(f"imagingkit index, re-scan   : {statistics.median(warm):8.0f} files/s")
         print(f"pydicom dcmread+to_json_dict: {baseline:8.0f} files/s (1 process, 1000 files)")
         print(f"ratio imagingkit / pydicom  : {cold_rate / baseline:8.1f}x")

@@ -202,6 +202,24 @@ def test_duplicate_instances_newest_file_wins_and_the_other_takes_over(index: Di
     assert index.verify() == []
 
 
+def test_a_duplicate_takes_over_in_the_scan_that_orphans_it(index: DicomIndex) -> None:
+    study, series = _uid(), _uid()
+    ds = make_instance(study=study, series=series)
+    (winner,) = write_instances(index.root / "a", [ds])
+    (loser,) = write_instances(index.root / "b", [ds])
+    os.utime(loser, ns=(1_000_000_000, 1_000_000_000))
+    index.scan()
+    assert index.instance(ds.SOPInstanceUID).path == winner
+    other = make_instance(study=study, series=series, instance_number=2)
+    winner.write_bytes(part10_bytes(other))  # the winning file now holds another instance
+    os.utime(winner, ns=(time.time_ns() + 10**9,) * 2)
+    index.scan()
+    assert index.instance(ds.SOPInstanceUID).path == loser
+    assert index.instance(other.SOPInstanceUID).path == winner
+    assert index.counts()["duplicates"] == 0
+    assert index.verify() == []
+
+
 def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
     root, db = tmp_path / "root", tmp_path / "index.sqlite"
     _study(root, 2)

@@ -665,21 +665,31 @@ class DicomIndex:
         vanished = [rel for rel in known if rel not in seen]
         if vanished:
             report.removed = self._forget(vanished)
-        # duplicates of instances that lost their file get another chance
-        orphans = self.query(
-            "SELECT f.path, f.size, f.mtime_ns FROM files f WHERE f.reason LIKE 'duplicate%' "
-            "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_uid = f.sop_uid)"
-        )
         queued = {item[0] for item in to_read}
-        for path, size, mtime_ns in orphans:
-            if path not in queued and path in seen:
-                to_read.append((path, size, mtime_ns))
-                report.unchanged -= 1
+        to_read.extend(self._orphaned_duplicates(seen, queued))
+        report.unchanged -= len(to_read) - len(queued)
         self._read_and_store(to_read, known, report, progress)
+        # reading may have orphaned more duplicates (a file now holds another instance)
+        queued = {item[0] for item in to_read}
+        again = self._orphaned_duplicates(seen, queued)
+        if again:
+            report.unchanged -= len(again)
+            self._read_and_store(again, known, report, progress)
+            to_read.extend(again)
         self._count_outcomes(to_read, known, report)
         report.seconds = time.perf_counter() - started
         log.info("%s", report)
         return report
+
+    def _orphaned_duplicates(
+        self, seen: set[str], queued: set[str]
+    ) -> list[tuple[str, int, int]]:
+        """Duplicates whose instance lost its file: they get another chance to be served."""
+        rows = self.query(
+            "SELECT f.path, f.size, f.mtime_ns FROM files f WHERE f.reason LIKE 'duplicate%' "
+            "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_uid = f.sop_uid)"
+        )
+        return [(p, size, mtime) for p, size, mtime in rows if p in seen and p not in queued]
 
     def _count_outcomes(
         self,
