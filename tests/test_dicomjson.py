@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import warnings
 from pathlib import Path
@@ -160,3 +161,24 @@ def test_junk_is_refused_with_a_reason(tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("DICOMDIR"), dicomdir)
     with pytest.raises(InvalidDICOMError, match="DICOMDIR"):
         read_dicom_json(dicomdir)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "rtstruct.dcm"])
+def test_damaged_files_never_escape_as_anything_but_invalid_dicom(name: str) -> None:
+    """Random truncations and byte flips of real files: a clear error or a result, no crash."""
+    rng = random.Random(20240611)
+    data = Path(get_testdata_file(name)).read_bytes()
+    outcomes = {"read": 0, "refused": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(300):
+            damaged = bytearray(data[: rng.randrange(1, len(data))])
+            for _ in range(rng.randrange(0, 6)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            try:
+                read_dicom_json(bytes(damaged))
+            except InvalidDICOMError:
+                outcomes["refused"] += 1
+            else:
+                outcomes["read"] += 1
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0
