@@ -50,7 +50,6 @@ __all__ = [
     "LOSSLESS_TARGETS",
     "FileCache",
     "StoredInstance",
-    "TranscodeError",
     "as_stored_syntax",
     "can_transcode",
     "header_cache",
@@ -63,10 +62,6 @@ _HEADER_CACHE_SIZE = 256
 _DEFER = 1024  # values longer than this are not read when a header is parsed
 _LITTLE_ENDIAN_NATIVE = frozenset({"1.2.840.10008.1.2", EXPLICIT_VR_LITTLE_ENDIAN})
 _SWAP_UNITS = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-
-
-class TranscodeError(InvalidDICOMError):
-    """The instance cannot be given in the requested transfer syntax (HTTP 406)."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +141,7 @@ class StoredInstance:
 
         Raises
         ------
-        TranscodeError
+        InvalidDICOMError
             If the frame cannot be decoded.
         """
         self._check_frame(index)
@@ -162,7 +157,7 @@ class StoredInstance:
             else:
                 frame = self._native_pixel_data()[index * size : (index + 1) * size]
             if len(frame) != size:
-                raise TranscodeError(f"frame {index + 1} of {self.path.name} is truncated")
+                raise InvalidDICOMError(f"frame {index + 1} of {self.path.name} is truncated")
             return frame
         data = self._native_pixel_data()
         # 1-bit frames that do not start on a byte boundary (PS3.5 §8.1.1)
@@ -184,15 +179,15 @@ class StoredInstance:
                 f.seek(self.pixel_offset)
                 return get_frame(f, index, number_of_frames=self.number_of_frames)
         except Exception as exc:  # malformed encapsulation
-            raise TranscodeError(
+            raise InvalidDICOMError(
                 f"cannot read frame {index + 1} of {self.path.name}: {exc}"
             ) from exc
 
     def _check_frame(self, index: int) -> None:
         if not self.has_pixels:
-            raise TranscodeError(f"{self.path.name} has no pixel data")
+            raise InvalidDICOMError(f"{self.path.name} has no pixel data")
         if not 0 <= index < self.number_of_frames:
-            raise TranscodeError(
+            raise InvalidDICOMError(
                 f"frame {index + 1} does not exist ({self.number_of_frames} frames)"
             )
 
@@ -255,7 +250,7 @@ def _decode_frame(instance: StoredInstance, index: int) -> bytes:
         decoder = get_decoder(instance.transfer_syntax)
         pixels, _ = decoder.as_array(ds, index=index, **options)
     except Exception as exc:  # decoders raise many types
-        raise TranscodeError(
+        raise InvalidDICOMError(
             f"cannot decode frame {index + 1} of {instance.path.name} "
             f"({instance.transfer_syntax}): {exc}"
         ) from exc
@@ -423,7 +418,7 @@ def instance_bytes(path: Path, stored: str, target: str) -> bytes:
 
     Raises
     ------
-    TranscodeError
+    InvalidDICOMError
         If the data cannot be decoded or encoded.
     """
     data = Path(path).read_bytes()
@@ -437,13 +432,13 @@ def transcode(data: bytes, target: str, *, name: str = "instance") -> bytes:
 
     Raises
     ------
-    TranscodeError
+    InvalidDICOMError
         If the data cannot be decoded or encoded.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:
-        raise TranscodeError(f"cannot parse {name}: {exc}") from exc
+        raise InvalidDICOMError(f"cannot parse {name}: {exc}") from exc
     meta = getattr(ds, "file_meta", None)
     stored = str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
     try:
@@ -454,7 +449,7 @@ def transcode(data: bytes, target: str, *, name: str = "instance") -> bytes:
         if target != EXPLICIT_VR_LITTLE_ENDIAN:
             ds.compress(target, generate_instance_uid=False)
     except Exception as exc:  # decoders/encoders raise many types
-        raise TranscodeError(
+        raise InvalidDICOMError(
             f"cannot transcode {name} from {stored or '?'} to {target}: {exc}"
         ) from exc
     _complete_file_meta(ds, target)
@@ -464,7 +459,7 @@ def transcode(data: bytes, target: str, *, name: str = "instance") -> bytes:
     try:
         dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     except Exception as exc:
-        raise TranscodeError(f"cannot write {name} as {target}: {exc}") from exc
+        raise InvalidDICOMError(f"cannot write {name} as {target}: {exc}") from exc
     return out.getvalue()
 
 

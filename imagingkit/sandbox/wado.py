@@ -58,7 +58,7 @@ from imagingkit.dicomweb.mediatypes import (
     parse_accept,
 )
 from imagingkit.dicomweb.multipart import MultipartWriter, format_media_type
-from imagingkit.errors import InvalidInputError, InvalidQueryError
+from imagingkit.errors import InvalidDICOMError, InvalidInputError, InvalidQueryError
 from imagingkit.render.encode import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_SIZE,
@@ -73,7 +73,6 @@ from imagingkit.sandbox.dicom_index import DicomIndex, InstanceRecord
 from imagingkit.sandbox.stored_instance import (
     FileCache,
     StoredInstance,
-    TranscodeError,
     as_stored_syntax,
     can_transcode,
     header_cache,
@@ -463,7 +462,7 @@ class RetrieveHandler(_WadoHandler):
             fill()
             try:
                 data = work if isinstance(work, bytes) else await work
-            except (TranscodeError, OSError) as exc:
+            except (InvalidDICOMError, OSError) as exc:
                 failures.append(f"{record.sop_uid}: {exc}")
                 continue
             yield record, target, data
@@ -592,7 +591,7 @@ class FramesHandler(_WadoHandler):
         for index in indices:
             try:
                 data = read(index) if inline else await self.wado.run(read, index)
-            except TranscodeError as exc:
+            except InvalidDICOMError as exc:
                 if self._started:
                     log.warning("frames answer cut short: %s", exc)
                     return
@@ -668,11 +667,11 @@ def _decodable(record: InstanceRecord) -> bool:
 
 
 def _render(record: InstanceRecord, index: int, request: RenderRequest, thumb: bool) -> bytes:
-    ds = pydicom.dcmread(record.path, force=True)
     try:
-        image = display_frame(ds, index, window=request.window)
-    except InvalidInputError as exc:
-        raise TranscodeError(str(exc)) from exc
+        ds = pydicom.dcmread(record.path, force=True)
+    except Exception as exc:  # a stored file pydicom cannot read
+        raise InvalidDICOMError(f"cannot read {record.path.name}: {exc}") from exc
+    image = display_frame(ds, index, window=request.window)  # InvalidDICOMError: 406
     if request.viewport is not None:
         image = apply_viewport(image, request.viewport)
     elif thumb:
@@ -725,7 +724,7 @@ class RenderedHandler(_WadoHandler):
         for record, index in targets:
             try:
                 data = await self.wado.run(_render, record, index, request, self.thumbnail)
-            except TranscodeError as exc:
+            except InvalidDICOMError as exc:
                 if self._started:
                     log.warning("rendered answer cut short: %s", exc)
                     return
