@@ -325,6 +325,19 @@ def test_includefield_all_returns_the_whole_instance_header(
     assert "7FE00010" not in first  # no bulk data in QIDO
 
 
+def test_includefield_survives_a_file_that_vanished_after_indexing(tmp_path: Path) -> None:
+    study, series = _uid(), _uid()
+    paths = write_instances(
+        tmp_path / "root",
+        [make_instance(study=study, series=series, instance_number=n) for n in (1, 2)],
+    )
+    with StoreServer(tmp_path / "root", tmp_path / "data") as server:
+        paths[0].unlink()
+        response = get(server, "/instances", includefield="all")
+        assert response.status_code == 200
+        assert len(response.json()) == 2  # the index still lists it until the next scan
+
+
 def test_matching_keys_are_returned(server: StoreServer, cohort: Cohort) -> None:
     (item,) = get(server, "/studies", PatientID="P2", SeriesDescription="", Manufacturer="").json()
     assert item["00100020"]["Value"] == ["P2"]

@@ -52,6 +52,7 @@ Responses
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ import tornado.ioloop
 
 from imagingkit.config import Settings
 from imagingkit.dicomjson import DicomJson
-from imagingkit.errors import InvalidDateError, InvalidQueryError
+from imagingkit.errors import InvalidDateError, InvalidDICOMError, InvalidQueryError
 from imagingkit.sandbox.dicom_index import (
     DECODED_TAGS,
     INDEXED_ATTRIBUTES,
@@ -86,6 +87,8 @@ __all__ = [
     "qido_routes",
     "search",
 ]
+
+log = logging.getLogger("imagingkit.sandbox.qido")
 
 #: more ``includefield`` entries than this are refused (400)
 MAX_INCLUDEFIELDS = 500
@@ -751,7 +754,11 @@ class _ResultBuilder:
             if not first:
                 return
             sop = first[0][0]
-        header = self.index.header(sop) or {}
+        try:
+            header = self.index.header(sop) or {}
+        except InvalidDICOMError as exc:  # the file changed since it was indexed
+            log.warning("includefield: cannot read the header of %s: %s", sop, exc)
+            return
         if self.query.include_all and level == "instance":
             for key, value in header.items():
                 out.setdefault(key, value)
