@@ -115,24 +115,23 @@ class Detail:
 
 
 COMPACT = Detail(128, 10.0, 128, 12, 512, 0.4, (192, 256), 8, 64)
-STANDARD = Detail(256, 5.0, 256, 18, 1024, 0.25, (384, 512), 20, 128)
+STANDARD = Detail(256, 5.0, 256, 18, 1024, 0.3, (384, 512), 20, 128)
 
 
 @dataclass(frozen=True)
 class SizeSpec:
-    """A size class: how many patients, at which detail, with which story mix."""
+    """A size class: at least this many patients and studies, at this detail."""
 
     patients: int
     studies: int
     detail: Detail
-    every_story: bool = False
 
 
 SIZES: dict[str, SizeSpec] = {
-    "small": SizeSpec(9, 10, COMPACT, every_story=True),
-    "default": SizeSpec(42, 84, STANDARD),
+    "small": SizeSpec(9, 10, COMPACT),
+    "default": SizeSpec(40, 80, STANDARD),
     "medium": SizeSpec(150, 300, STANDARD),
-    "large": SizeSpec(560, 1100, COMPACT),
+    "large": SizeSpec(700, 1500, COMPACT),
 }
 
 
@@ -467,7 +466,12 @@ class _Planner:
                 z=geom["z"],
                 center=geom["center"],
             )
-            ts = self.syntax("ct", {1: TransferSyntax.RLE}, 3)
+            # about half the CT series RLE-compressed, and every low-dose PET-CT attenuation CT
+            ts = (
+                TransferSyntax.RLE
+                if kind == "ct_wholebody"
+                else self.syntax("ct", {1: TransferSyntax.RLE}, 2)
+            )
         elif kind.startswith("mr_"):
             sop = SOPClass.MR
             geom = _MR_GEOMETRY[kind]
@@ -481,27 +485,25 @@ class _Planner:
                 center=geom["center"],
             )
             count = d.mr_slices
-            ts = self.syntax("mr", {2: TransferSyntax.JPEG2000_LOSSLESS}, 3)
+            ts = self.syntax("mr", {1: TransferSyntax.JPEG2000_LOSSLESS}, 2)
         elif kind == "cr_chest":
             sop, has_for = SOPClass.CR, False
             params.update(matrix=d.cr_matrix, pixel=430.0 / d.cr_matrix)
-            ts = self.syntax("cr", {1: TransferSyntax.JPEG2000_LOSSLESS}, 3)
-        elif kind == "dx_wrist":
+            ts = self.syntax("cr", _HALF_COMPRESSED, 4)
+        elif kind in {"dx_wrist", "dx_knee"}:
             sop, has_for = SOPClass.DX, False
             params.update(pixel=d.dx_pixel)
-            ts = self.syntax("dx", {3: TransferSyntax.JPEG2000_LOSSLESS}, 4)
+            ts = self.syntax("dx", _HALF_COMPRESSED, 4)
         elif kind == "us_cine":
             sop, has_for = SOPClass.US_MULTIFRAME, False
             params.update(shape=d.us_shape, frames=d.us_frames)
-            ts = (
-                TransferSyntax.JPEG_BASELINE
-                if params.get("color")
-                else self.syntax("us", {0: TransferSyntax.JPEG_BASELINE, 1: TransferSyntax.RLE}, 3)
-            )
+            # ultrasound systems store cine loops JPEG-compressed
+            ts = TransferSyntax.JPEG_BASELINE
         elif kind == "us_still":
             sop, has_for = SOPClass.US, False
             params.update(shape=d.us_shape, frames=1)
             count = params.get("count", 2)
+            ts = self.syntax("us", {1: TransferSyntax.RLE}, 2)
         elif kind == "pt_wholebody":
             sop = SOPClass.PT
             geom = _CT_GEOMETRY["ct_wholebody"]
@@ -541,9 +543,12 @@ class _Planner:
         )
 
 
+#: one in four JPEG 2000 lossless, one in four RLE, the rest native (for 2-D images)
+_HALF_COMPRESSED = {1: TransferSyntax.JPEG2000_LOSSLESS, 3: TransferSyntax.RLE}
+
 # Acquisition geometry in patient coordinates (mm): field of view, z range, in-plane centre.
 _CT_GEOMETRY: dict[str, dict[str, Any]] = {
-    "ct_chest": {"fov": 380.0, "z": (-255.0, 40.0), "center": (0.0, 15.0)},
+    "ct_chest": {"fov": 380.0, "z": (-240.0, 40.0), "center": (0.0, 15.0)},
     "ct_abdomen": {"fov": 400.0, "z": (-430.0, -170.0), "center": (0.0, 20.0)},
     "ct_wholebody": {"fov": 500.0, "z": (-580.0, 80.0), "center": (0.0, 20.0)},
     "ct_head": {"fov": 240.0, "z": (-60.0, 100.0), "center": (0.0, 0.0)},
@@ -574,236 +579,176 @@ _FIRST = dt.date(2016, 1, 4)
 _LAST = dt.date(2024, 6, 28)
 
 
+SeriesSpec = tuple[str, str, str, str, dict[str, Any]]
+
+
+def _s(kind: str, modality: str, description: str, body_part: str, **params: Any) -> SeriesSpec:
+    """A series to plan: generator kind, modality, description, body part, parameters."""
+    return (kind, modality, description, body_part, params)
+
+
+def _chest_xr(lateral: bool) -> list[SeriesSpec]:
+    series = [_s("cr_chest", "CR", "Chest PA", "CHEST", view="PA")]
+    if lateral:
+        series.append(_s("cr_chest", "CR", "Chest lateral", "CHEST", view="LL"))
+    return series
+
+
+def _ct_chest(seg: bool) -> list[SeriesSpec]:
+    series = [_s("ct_chest", "CT", "Thorax B70f lung", "CHEST", kernel="B70f", series_number=2)]
+    if seg:
+        series.append(
+            _s("seg_lungs", "SEG", "Lung segmentation", "CHEST", source=1, series_number=300)
+        )
+    series.append(_s("sr_report", "SR", "CT chest report", "CHEST", source=1, series_number=900))
+    return series
+
+
 def _story_lung_nodule(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """A nodule seen on a chest radiograph, characterised by CT, followed up by CT."""
     rng = pl.rng
     side = rng.choice((-1, 1))
     centre = (side * rng.uniform(55, 95), rng.uniform(-40, 40), rng.uniform(-170, 0))
     radius = round(rng.uniform(3.5, 7.0), 1)
     first = _day(rng, _FIRST, dt.date(2023, 6, 1))
-    studies = []
+    found = {"nodule": (centre, radius)}
+    studies = [pl.study(p, first, "lung_nodule", "XR CHEST PA", "CHEST", _chest_xr(False), found)]
+    baseline = first + dt.timedelta(days=rng.randrange(5, 20))
     for visit, months in enumerate((0, rng.choice((3, 6, 12)))):
         finding = {"nodule": (centre, round(radius * (1.0 + 0.15 * visit * rng.random()), 1))}
-        ct = ("ct_chest", "CT", "Thorax B70f lung", "CHEST", {"kernel": "B70f", "series_number": 2})
-        seg = (
-            "seg_lungs",
-            "SEG",
-            "Lung segmentation",
-            "CHEST",
-            {"source": 1, "series_number": 300},
-        )
-        sr = ("sr_report", "SR", "CT chest report", "CHEST", {"source": 1, "series_number": 900})
-        series: list[tuple[str, str, str, str, dict[str, Any]]] = (
-            [ct, seg, sr] if visit == 0 else [ct, sr]
-        )
         description = "CT CHEST WITHOUT CONTRAST" if visit == 0 else "CT CHEST NODULE FOLLOW-UP"
-        date = first + dt.timedelta(days=30 * months + rng.randrange(5))
+        date = baseline + dt.timedelta(days=30 * months + rng.randrange(5))
+        series = _ct_chest(seg=visit == 0)
         studies.append(pl.study(p, date, "lung_nodule", description, "CHEST", series, finding))
     return studies
 
 
 def _story_pneumonia(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """Consolidation on chest radiographs, resolving at follow-up."""
     rng = pl.rng
     side = rng.choice((-1, 1))
     centre = (side * rng.uniform(60, 85), rng.uniform(-20, 30), rng.uniform(-170, -110))
     day = _day(rng, _FIRST, _LAST)
     out = []
     for visit, (delay, size) in enumerate(((0, 40.0), (rng.randrange(35, 60), 12.0))):
-        finding = {"consolidation": (centre, size)}
-        series = [("cr_chest", "CR", "Chest PA", "CHEST", {"view": "PA"})]
-        if visit == 0:
-            series.append(("cr_chest", "CR", "Chest lateral", "CHEST", {"view": "LL"}))
+        description = "XR CHEST PA AND LATERAL" if visit == 0 else "XR CHEST PA"
         out.append(
-            pl.study(
-                p,
-                day + dt.timedelta(days=delay),
-                "pneumonia",
-                "XR CHEST PA AND LATERAL" if visit == 0 else "XR CHEST PA",
-                "CHEST",
-                series,
-                finding,
-            )
-        )
+            pl.study(p, day + dt.timedelta(days=delay), "pneumonia", description, "CHEST",
+                     _chest_xr(visit == 0), {"consolidation": (centre, size)})
+        )  # fmt: skip
     return out
 
 
-def _brain_series(with_dwi: bool) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-    series: list[tuple[str, str, str, str, dict[str, Any]]] = [
-        ("mr_brain", "MR", "t1_se_sag", "HEAD", {"sequence": "T1", "plane": "sagittal"}),
-        ("mr_brain", "MR", "t2_tse_tra", "HEAD", {"sequence": "T2"}),
-        ("mr_brain", "MR", "t2_flair_tra", "HEAD", {"sequence": "FLAIR"}),
+def _brain_series(with_dwi: bool) -> list[SeriesSpec]:
+    series = [
+        _s("mr_brain", "MR", "t1_se_sag", "HEAD", sequence="T1", plane="sagittal"),
+        _s("mr_brain", "MR", "t2_tse_tra", "HEAD", sequence="T2"),
+        _s("mr_brain", "MR", "t2_flair_tra", "HEAD", sequence="FLAIR"),
     ]
     if with_dwi:
-        series.append(("mr_brain", "MR", "ep2d_diff_b1000_tra", "HEAD", {"sequence": "DWI"}))
+        series.append(_s("mr_brain", "MR", "ep2d_diff_b1000_tra", "HEAD", sequence="DWI"))
     return series
 
 
 def _story_stroke(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """Non-contrast head CT, then a stroke-protocol MR the next day."""
     rng = pl.rng
     finding = {"infarct_side": rng.choice((-1, 1))}
     day = _day(rng, _FIRST, _LAST)
-    ct = pl.study(
-        p,
-        day,
-        "stroke",
-        "CT HEAD WITHOUT CONTRAST",
-        "HEAD",
-        [("ct_head", "CT", "Head H30s", "HEAD", {"kernel": "H30s", "series_number": 2})],
-        finding,
-    )
-    mr = pl.study(
-        p,
-        day + dt.timedelta(days=1),
-        "stroke",
-        "MRI BRAIN STROKE PROTOCOL",
-        "HEAD",
-        _brain_series(True),
-        finding,
-    )
-    return [ct, mr]
+    head_ct = [_s("ct_head", "CT", "Head H30s", "HEAD", kernel="H30s", series_number=2)]
+    return [
+        pl.study(p, day, "stroke", "CT HEAD WITHOUT CONTRAST", "HEAD", head_ct, finding),
+        pl.study(p, day + dt.timedelta(days=1), "stroke", "MRI BRAIN STROKE PROTOCOL", "HEAD",
+                 _brain_series(True), finding),
+    ]  # fmt: skip
 
 
 def _story_headache(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
-    return [
-        pl.study(
-            p,
-            _day(pl.rng, _FIRST, _LAST),
-            "headache",
-            "MRI BRAIN WITHOUT CONTRAST",
-            "HEAD",
-            _brain_series(False),
-            {"infarct_side": 0},
-        )
-    ]
+    """A normal brain MR."""
+    day = _day(pl.rng, _FIRST, _LAST)
+    return [pl.study(p, day, "headache", "MRI BRAIN WITHOUT CONTRAST", "HEAD",
+                     _brain_series(False), {"infarct_side": 0})]  # fmt: skip
 
 
 def _story_fracture(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """Distal radius fracture on wrist radiographs, healing six weeks later."""
     rng = pl.rng
     side = rng.choice(("R", "L"))
     day = _day(rng, _FIRST, _LAST)
     out = []
     for visit, healing in enumerate((0.0, 0.7)):
         series = [
-            ("dx_wrist", "DX", f"Wrist PA {side}", "WRIST", {"view": "PA", "laterality": side}),
-            (
-                "dx_wrist",
-                "DX",
-                f"Wrist lateral {side}",
-                "WRIST",
-                {"view": "LAT", "laterality": side},
-            ),
+            _s("dx_wrist", "DX", f"Wrist PA {side}", "WRIST", view="PA", laterality=side),
+            _s("dx_wrist", "DX", f"Wrist lateral {side}", "WRIST", view="LAT", laterality=side),
         ]
-        out.append(
-            pl.study(
-                p,
-                day + dt.timedelta(days=42 * visit + rng.randrange(3)),
-                "fracture",
-                "XR WRIST 2 VIEWS",
-                "WRIST",
-                series,
-                {"fracture": True, "healing": healing, "side": side},
-            )
-        )
+        date = day + dt.timedelta(days=42 * visit + rng.randrange(3))
+        finding = {"fracture": True, "healing": healing, "side": side}
+        out.append(pl.study(p, date, "fracture", "XR WRIST 2 VIEWS", "WRIST", series, finding))
     return out
 
 
 def _story_breast_lump(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """A palpable lump examined by ultrasound, re-examined six months later."""
     rng = pl.rng
     side = rng.choice(("R", "L"))
     finding = {"lesion_radius": round(rng.uniform(6, 12), 1), "side": side}
-    series: list[tuple[str, str, str, str, dict[str, Any]]] = [
-        ("us_cine", "US", f"Breast {side} cine", "BREAST", {"scene": "breast", "laterality": side}),
-        (
-            "us_still",
-            "US",
-            f"Breast {side} images",
-            "BREAST",
-            {"scene": "breast", "laterality": side, "count": 2},
-        ),
-    ]
+    day = _day(rng, _FIRST, dt.date(2023, 12, 1))
+    cine = _s("us_cine", "US", f"Breast {side} cine", "BREAST", scene="breast", laterality=side)
+    stills = _s("us_still", "US", f"Breast {side} images", "BREAST", scene="breast",
+                laterality=side, count=2)  # fmt: skip
     return [
-        pl.study(
-            p,
-            _day(rng, _FIRST, _LAST),
-            "breast_lump",
-            "US BREAST LIMITED",
-            "BREAST",
-            series,
-            finding,
-        )
-    ]
+        pl.study(p, day, "breast_lump", "US BREAST LIMITED", "BREAST", [cine, stills], finding),
+        pl.study(p, day + dt.timedelta(days=180 + rng.randrange(10)), "breast_lump",
+                 "US BREAST FOLLOW-UP", "BREAST", [cine], finding),
+    ]  # fmt: skip
 
 
 def _story_liver_lesion(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """A liver lesion found by ultrasound, characterised by CT, re-checked by ultrasound."""
     rng = pl.rng
     centre = (rng.uniform(-95, -40), rng.uniform(-10, 40), rng.uniform(-300, -240))
     finding = {"liver_lesion": (centre, round(rng.uniform(10, 18), 1))}
-    day = _day(rng, _FIRST, _LAST)
-    us = pl.study(
-        p,
-        day,
-        "liver_lesion",
-        "US ABDOMEN COMPLETE",
-        "ABDOMEN",
-        [
-            ("us_cine", "US", "Liver cine", "ABDOMEN", {"scene": "liver", "color": True}),
-            ("us_still", "US", "Liver images", "ABDOMEN", {"scene": "liver", "count": 3}),
-        ],
-        finding,
-    )
-    ct = pl.study(
-        p,
-        day + dt.timedelta(days=rng.randrange(3, 15)),
-        "liver_lesion",
-        "CT ABDOMEN WITH CONTRAST",
-        "ABDOMEN",
-        [
-            (
-                "ct_abdomen",
-                "CT",
-                "Abdomen PV B30f",
-                "ABDOMEN",
-                {"kernel": "B30f", "contrast": True, "series_number": 3},
-            ),
-        ],
-        finding,
-    )
-    return [us, ct]
+    day = _day(rng, _FIRST, dt.date(2023, 12, 1))
+    us = [
+        _s("us_cine", "US", "Liver cine", "ABDOMEN", scene="liver", color=True),
+        _s("us_still", "US", "Liver images", "ABDOMEN", scene="liver", count=3),
+    ]
+    ct = [_s("ct_abdomen", "CT", "Abdomen PV B30f", "ABDOMEN", kernel="B30f", contrast=True,
+             series_number=3)]  # fmt: skip
+    return [
+        pl.study(p, day, "liver_lesion", "US ABDOMEN COMPLETE", "ABDOMEN", us, finding),
+        pl.study(p, day + dt.timedelta(days=rng.randrange(3, 15)), "liver_lesion",
+                 "CT ABDOMEN WITH CONTRAST", "ABDOMEN", ct, finding),
+        pl.study(p, day + dt.timedelta(days=90 + rng.randrange(20)), "liver_lesion",
+                 "US LIVER FOLLOW-UP", "ABDOMEN", us[:1], finding),
+    ]  # fmt: skip
 
 
 def _story_lung_cancer(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """A lung mass: chest radiographs, chest CT with report, then FDG PET-CT staging."""
     rng = pl.rng
     side = rng.choice((-1, 1))
     centre = (side * rng.uniform(55, 85), rng.uniform(-30, 30), rng.uniform(-150, -30))
     finding = {"nodule": (centre, round(rng.uniform(12, 18), 1)), "hot": True}
-    series: list[tuple[str, str, str, str, dict[str, Any]]] = [
-        (
-            "ct_wholebody",
-            "CT",
-            "CT AC B30f",
-            "WHOLEBODY",
-            {"kernel": "B30f", "frame_of_reference": "petct", "series_number": 2},
-        ),
-        (
-            "pt_wholebody",
-            "PT",
-            "PET AC WB",
-            "WHOLEBODY",
-            {"frame_of_reference": "petct", "series_number": 4},
-        ),
-    ]
-    petct = pl.study(
-        p,
-        _day(rng, _FIRST, _LAST),
-        "lung_cancer",
-        "PET-CT FDG SKULL BASE TO MID-THIGH",
-        "WHOLEBODY",
-        series,
-        finding,
-    )
-    return [petct]
+    day = _day(rng, _FIRST, _LAST)
+    petct = [
+        _s("ct_wholebody", "CT", "CT AC B30f", "WHOLEBODY", kernel="B30f",
+           frame_of_reference="petct", series_number=2),
+        _s("pt_wholebody", "PT", "PET AC WB", "WHOLEBODY", frame_of_reference="petct",
+           series_number=4),
+    ]  # fmt: skip
+    return [
+        pl.study(p, day, "lung_cancer", "XR CHEST PA AND LATERAL", "CHEST", _chest_xr(True),
+                 finding),
+        pl.study(p, day + dt.timedelta(days=rng.randrange(3, 10)), "lung_cancer",
+                 "CT CHEST WITHOUT CONTRAST", "CHEST", _ct_chest(seg=False), finding),
+        pl.study(p, day + dt.timedelta(days=rng.randrange(14, 28)), "lung_cancer",
+                 "PET-CT FDG SKULL BASE TO MID-THIGH", "WHOLEBODY", petct, finding),
+    ]  # fmt: skip
 
 
 def _story_knee_pain(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
+    """Knee radiographs, then an MR showing effusion and, often, a meniscal tear."""
     rng = pl.rng
     side = rng.choice(("R", "L"))
     finding = {
@@ -811,48 +756,59 @@ def _story_knee_pain(pl: _Planner, p: PatientPlan) -> list[StudyPlan]:
         "side": side,
         "effusion": round(rng.uniform(1.0, 2.2), 1),
     }
-    series: list[tuple[str, str, str, str, dict[str, Any]]] = [
-        ("mr_knee", "MR", "pd_tse_fs_sag", "KNEE", {"sequence": "PDFS", "laterality": side}),
-        ("mr_knee", "MR", "t1_tse_sag", "KNEE", {"sequence": "T1", "laterality": side}),
-        (
-            "mr_knee",
-            "MR",
-            "pd_tse_fs_cor",
-            "KNEE",
-            {"sequence": "PDFS", "plane": "coronal", "laterality": side},
-        ),
+    day = _day(rng, _FIRST, _LAST)
+    xr = [
+        _s("dx_knee", "DX", f"Knee AP {side}", "KNEE", view="AP", laterality=side),
+        _s("dx_knee", "DX", f"Knee lateral {side}", "KNEE", view="LAT", laterality=side),
     ]
+    mr = [
+        _s("mr_knee", "MR", "pd_tse_fs_sag", "KNEE", sequence="PDFS", laterality=side),
+        _s("mr_knee", "MR", "t1_tse_sag", "KNEE", sequence="T1", laterality=side),
+        _s("mr_knee", "MR", "pd_tse_fs_cor", "KNEE", sequence="PDFS", plane="coronal",
+           laterality=side),
+    ]  # fmt: skip
     return [
-        pl.study(
-            p,
-            _day(rng, _FIRST, _LAST),
-            "knee_pain",
-            f"MRI KNEE {side} WITHOUT CONTRAST",
-            "KNEE",
-            series,
-            finding,
-        )
-    ]
+        pl.study(p, day, "knee_pain", "XR KNEE 2 VIEWS", "KNEE", xr, finding),
+        pl.study(p, day + dt.timedelta(days=rng.randrange(7, 40)), "knee_pain",
+                 f"MRI KNEE {side} WITHOUT CONTRAST", "KNEE", mr, finding),
+    ]  # fmt: skip
 
 
 # (story, builder, weight, sex or None for either)
 _STORIES: list[
     tuple[str, Callable[[_Planner, PatientPlan], list[StudyPlan]], float, str | None]
 ] = [
-    ("lung_nodule", _story_lung_nodule, 1.2, None),
-    ("pneumonia", _story_pneumonia, 1.4, None),
-    ("stroke", _story_stroke, 0.8, None),
-    ("fracture", _story_fracture, 1.2, None),
-    ("breast_lump", _story_breast_lump, 1.0, "F"),
-    ("liver_lesion", _story_liver_lesion, 0.7, None),
-    ("lung_cancer", _story_lung_cancer, 0.4, None),
-    ("knee_pain", _story_knee_pain, 0.9, None),
-    ("headache", _story_headache, 0.6, None),
+    ("lung_nodule", _story_lung_nodule, 3, None),
+    ("pneumonia", _story_pneumonia, 8, None),
+    ("stroke", _story_stroke, 4, None),
+    ("fracture", _story_fracture, 8, None),
+    ("breast_lump", _story_breast_lump, 5, "F"),
+    ("liver_lesion", _story_liver_lesion, 4, None),
+    ("lung_cancer", _story_lung_cancer, 2, None),
+    ("knee_pain", _story_knee_pain, 5, None),
+    ("headache", _story_headache, 3, None),
 ]
+
+
+def _quotas(patients: int, weights: list[float]) -> list[int]:
+    """Patients per story, proportional to *weights* (largest remainder), each at least 1."""
+    total = sum(weights)
+    exact = [patients * w / total for w in weights]
+    counts = [max(1, int(e)) for e in exact]
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    for i in order:
+        if sum(counts) >= patients:
+            break
+        counts[i] += 1
+    return counts
 
 
 def plan_cohort(size: str = "default", seed: int = 42) -> CohortPlan:
     """Plan the cohort for *size* and *seed*.
+
+    Patients are shared among the clinical stories in fixed proportions (every story at
+    least once), in an order shuffled by the seed; more patients are added while the study
+    count is below the size's minimum.
 
     Parameters
     ----------
@@ -875,20 +831,16 @@ def plan_cohort(size: str = "default", seed: int = 42) -> CohortPlan:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidInputError(f"sandbox seed {seed!r} is not an integer")
     pl = _Planner(size, seed)
+    quotas = _quotas(pl.spec.patients, [w for _, _, w, _ in _STORIES])
+    order = [i for i, n in enumerate(quotas) for _ in range(n)]
+    pl.rng.shuffle(order)
     patients: list[PatientPlan] = []
     studies: list[StudyPlan] = []
-    weights = [w for _, _, w, _ in _STORIES]
-    index = 0
-    while len(patients) < pl.spec.patients or len(studies) < pl.spec.studies:
-        if pl.spec.every_story and index < len(_STORIES):
-            story = _STORIES[index]
-        else:
-            story = pl.rng.choices(_STORIES, weights)[0]
-        _name, build, _, sex = story
-        sex = sex or pl.rng.choice("FM")
-        patient = pl.patient(index, sex)
+    while order or len(studies) < pl.spec.studies:
+        story = order.pop(0) if order else len(patients) % len(_STORIES)
+        _name, build, _weight, sex = _STORIES[story]
+        patient = pl.patient(len(patients), sex or pl.rng.choice("FM"))
         patients.append(patient)
         studies.extend(build(pl, patient))
-        index += 1
     studies.sort(key=lambda s: (s.date, s.time, s.uid))
     return CohortPlan(seed=seed, size=size, patients=tuple(patients), studies=tuple(studies))

@@ -32,6 +32,7 @@ from imagingkit.sandbox.synthetic_images import (
 from imagingkit.sandbox.synthetic_modules import (
     code_item,
     da,
+    decimal_string,
     equipment,
     general_series,
     patient_and_study,
@@ -105,12 +106,12 @@ def generate_seg(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
 
     shared = Dataset()
     measures = Dataset()
-    measures.PixelSpacing = [f"{g.spacing[0]:g}", f"{g.spacing[1]:g}"]
-    measures.SliceThickness = f"{g.thickness:g}"
-    measures.SpacingBetweenSlices = f"{g.step:g}"
+    measures.PixelSpacing = [decimal_string(g.spacing[0]), decimal_string(g.spacing[1])]
+    measures.SliceThickness = decimal_string(g.thickness)
+    measures.SpacingBetweenSlices = decimal_string(g.step)
     shared.PixelMeasuresSequence = DicomSequence([measures])
     orientation = Dataset()
-    orientation.ImageOrientationPatient = [f"{v:g}" for v in g.orientation]
+    orientation.ImageOrientationPatient = [decimal_string(v) for v in g.orientation]
     shared.PlaneOrientationSequence = DicomSequence([orientation])
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
 
@@ -126,7 +127,7 @@ def generate_seg(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
             content.DimensionIndexValues = [number, k + 1]
             item.FrameContentSequence = DicomSequence([content])
             position = Dataset()
-            position.ImagePositionPatient = [f"{v:.6g}" for v in g.position(k)]
+            position.ImagePositionPatient = [decimal_string(v) for v in g.position(k)]
             item.PlanePositionSequence = DicomSequence([position])
             seg_id = Dataset()
             seg_id.ReferencedSegmentNumber = number

@@ -458,7 +458,8 @@ def generate_pt(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
     ds.WindowWidth = f"{decayed / weight_g * 5.0:.0f}"
     sop_common(ds, study, "1.2.840.10008.5.1.4.1.1.128", series.instance_uid(0))
     peaks = activity.reshape(g.n, -1).max(axis=1)
-    slopes = np.where(peaks > 0, peaks, 1.0) / 32767.0
+    # the slope is rounded to what the DS value holds, so stored × slope is exact
+    slopes = np.array([float(f"{v:.6g}") for v in np.where(peaks > 0, peaks, 1.0) / 32767.0])
     stored = to_uint(activity / slopes[:, None, None], 15)
 
     def per_slice(inst: Dataset, k: int) -> None:

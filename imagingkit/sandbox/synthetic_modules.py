@@ -28,6 +28,7 @@ __all__ = [
     "SeriesWriter",
     "code_item",
     "da",
+    "decimal_string",
     "equipment",
     "frame_of_reference",
     "general_image",
@@ -187,19 +188,19 @@ def image_plane(
 
     *spacing* is (between rows, between columns) in mm.
     """
-    ds.ImagePositionPatient = [_ds(v) for v in position]
-    ds.ImageOrientationPatient = [_ds(v) for v in orientation]
-    ds.PixelSpacing = [_ds(spacing[0]), _ds(spacing[1])]
-    ds.SliceThickness = _ds(thickness)
+    ds.ImagePositionPatient = [decimal_string(v) for v in position]
+    ds.ImageOrientationPatient = [decimal_string(v) for v in orientation]
+    ds.PixelSpacing = [decimal_string(spacing[0]), decimal_string(spacing[1])]
+    ds.SliceThickness = decimal_string(thickness)
     normal = (
         orientation[1] * orientation[5] - orientation[2] * orientation[4],
         orientation[2] * orientation[3] - orientation[0] * orientation[5],
         orientation[0] * orientation[4] - orientation[1] * orientation[3],
     )
-    ds.SliceLocation = _ds(sum(p * n for p, n in zip(position, normal, strict=True)))
+    ds.SliceLocation = decimal_string(sum(p * n for p, n in zip(position, normal, strict=True)))
 
 
-def _ds(value: float) -> str:
+def decimal_string(value: float) -> str:
     """A decimal string of at most 16 characters (PS3.5 §6.2 DS)."""
     text = f"{value:.6f}".rstrip("0").rstrip(".")
     if text in {"-0", ""}:

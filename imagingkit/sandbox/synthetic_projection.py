@@ -17,9 +17,9 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from imagingkit.sandbox.cohort import SeriesPlan, StudyPlan, TransferSyntax
-from imagingkit.sandbox.phantoms import blur
-from imagingkit.sandbox.synthetic_anatomy import hand
+from imagingkit.sandbox.cohort import SeriesPlan, StudyPlan
+from imagingkit.sandbox.phantoms import blur, resize_bilinear
+from imagingkit.sandbox.synthetic_anatomy import hand, knee
 from imagingkit.sandbox.synthetic_images import instance_path, phantom_for, series_rng
 from imagingkit.sandbox.synthetic_modules import (
     code_item,
@@ -62,13 +62,15 @@ def generate_cr(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
     n, pixel = int(p["matrix"]), float(p["pixel"])
     lateral = p["view"] == "LL"
     phantom = phantom_for(study, series)
-    us = (np.arange(n) - (n - 1) / 2) * pixel + (20.0 if lateral else 0.0)
-    zs = 120.0 - np.arange(n) * pixel  # top row is the neck; rows run towards the feet
+    # Project at up to 512 x 512 and interpolate: the detector's own blur is about that.
+    m = min(n, 512)
+    step = pixel * (n - 1) / (m - 1)
+    us = (np.arange(m) - (m - 1) / 2) * step + (20.0 if lateral else 0.0)
+    zs = 120.0 - (m - 1) * step + np.arange(m) * step  # ascending; the top row is the neck
     depth = (-220.0, 220.0) if lateral else (-170.0, 170.0)
-    integral = phantom.projection(
-        us, zs[::-1].copy(), axis=0 if lateral else 1, depth=depth, coarse_step=2.5
-    )
-    image = radiograph(integral[::-1], series_rng(series), detail_px=n / 60)
+    integral = phantom.projection(us, zs, axis=0 if lateral else 1, depth=depth, coarse_step=2.5)
+    integral = resize_bilinear(integral[::-1], (n, n))
+    image = radiograph(integral, series_rng(series), detail_px=n / 60)
     monochrome1 = int(series.uid[-2:]) % 4 == 0
     if monochrome1:
         image = (4095 - image).astype(np.uint16)
@@ -108,39 +110,46 @@ def generate_cr(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
 
 
 def generate_dx(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
-    """Write a wrist radiograph (DX For Presentation, PA or lateral); returns bytes written."""
+    """Write a wrist or knee radiograph (DX For Presentation); returns bytes written."""
     p = series.params
     f = study.findings
     pixel = float(p["pixel"])
     lateral = p["view"] == "LAT"
     side = -1 if series.laterality == "R" else 1
-    phantom = hand(
-        side=side, fracture=bool(f.get("fracture")), healing=float(f.get("healing", 0.0))
-    )
-    u0, u1 = (-105.0, 75.0) if side < 0 else (-75.0, 105.0)
-    if lateral:
-        u0, u1 = -90.0, 90.0
+    wrist = series.kind == "dx_wrist"
+    if wrist:
+        phantom = hand(side=side, fracture=bool(f.get("fracture")),
+                       healing=float(f.get("healing", 0.0)))  # fmt: skip
+        u0, u1 = (-90.0, 90.0) if lateral else ((-105.0, 75.0) if side < 0 else (-75.0, 105.0))
+        z0, z1 = -115.0, 140.0
+        depth = (-90.0, 90.0) if lateral else (-40.0, 40.0)
+        region = code_item("74670003", "SCT", "Wrist joint")
+        # columns run to the patient's left (or anterior); rows towards the elbow
+        orientation = ["A", "H"] if lateral else ["L", "H"]
+        kvp = "55"
+    else:
+        phantom = knee(side=side, tear=bool(f.get("tear")), effusion=float(f.get("effusion", 1.0)))
+        u0, u1 = -85.0, 85.0
+        z0, z1 = -135.0, 135.0
+        depth = (-80.0, 80.0)
+        region = code_item("72696002", "SCT", "Knee")
+        orientation = ["P", "F"] if lateral else ["L", "F"]
+        kvp = "65"
     cols = round((u1 - u0) / pixel)
-    rows = round(320.0 / pixel)
+    rows = round((z1 - z0) / pixel)
     us = u0 + (np.arange(cols) + 0.5) * pixel
-    zs = -115.0 + (np.arange(rows) + 0.5) * pixel
-    integral = phantom.projection(
-        us,
-        zs,
-        axis=0 if lateral else 1,
-        depth=(-90.0, 90.0) if lateral else (-40.0, 40.0),
-        coarse_step=1.0,
-    )
-    image = radiograph(integral[::-1], series_rng(series), detail_px=30.0 / pixel / 8)
+    zs = z0 + (np.arange(rows) + 0.5) * pixel
+    integral = phantom.projection(us, zs, axis=0 if lateral else 1, depth=depth, coarse_step=1.0)
+    image = radiograph(integral[::-1], series_rng(series), detail_px=4.0 / pixel)
     ds = Dataset()
     patient_and_study(ds, study)
     general_series(ds, study, series, position=False, laterality=False)
     ds.PresentationIntentType = "FOR PRESENTATION"
     equipment(ds, "Sandbox DR Detector")
     general_image(ds, study, series, 0, ["ORIGINAL", "PRIMARY"])
-    ds.PatientOrientation = ["A", "H"] if lateral else ["L", "H"]
+    ds.PatientOrientation = orientation
     ds.ImageLaterality = series.laterality or "U"
-    ds.AnatomicRegionSequence = DicomSequence([code_item("74670003", "SCT", "Wrist joint")])
+    ds.AnatomicRegionSequence = DicomSequence([region])
     ds.PixelIntensityRelationship = "LOG"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = "0"
@@ -150,14 +159,16 @@ def generate_dx(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
     ds.CalibrationImage = "NO"
     ds.WindowCenter = "2048"
     ds.WindowWidth = "4096"
-    ds.ViewPosition = "RL" if lateral else "PA"
-    ds.ViewCodeSequence = DicomSequence(
-        [
-            code_item("399067008", "SCT", "lateral")
-            if lateral
-            else code_item("272479007", "SCT", "postero-anterior")
-        ]
-    )
+    if lateral:
+        ds.ViewPosition = "RL" if wrist else "LL"
+        view = code_item("399067008", "SCT", "lateral")
+    elif wrist:
+        ds.ViewPosition = "PA"
+        view = code_item("272479007", "SCT", "postero-anterior")
+    else:
+        ds.ViewPosition = "AP"
+        view = code_item("399348003", "SCT", "antero-posterior")
+    ds.ViewCodeSequence = DicomSequence([view])
     ds.PositionerType = "NONE"
     ds.DetectorType = "SCINTILLATOR"
     ds.DetectorConfiguration = "AREA"
@@ -167,12 +178,11 @@ def generate_dx(study: StudyPlan, series: SeriesPlan, root: Path) -> int:
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "Imager pixel spacing at the detector"
     ds.DistanceSourceToDetector = "1100"
-    ds.KVP = "55"
+    ds.KVP = kvp
     ds.ExposureTime = "20"
     ds.XRayTubeCurrent = 100
     ds.Exposure = 2
     ds.AcquisitionContextSequence = DicomSequence([])
     sop_common(ds, study, "1.2.840.10008.5.1.4.1.1.1.1", series.instance_uid(0))
     set_pixels(ds, image, series.transfer_syntax, bits_stored=12)
-    assert series.transfer_syntax in {TransferSyntax.EXPLICIT_LE, TransferSyntax.JPEG2000_LOSSLESS}
     return write_part10(ds, instance_path(root, study, series, 0), series.transfer_syntax)

@@ -137,7 +137,8 @@ def ultrasound_frames(
         xp += view * 12.0
         h = habitus_of(study.patient)
         a_out, b_out = 170.0 * h.width, 118.0 * h.depth
-        y0 = 5 * h.depth - b_out * math.sqrt(max(0.0, 1 - (xp / a_out) ** 2)) + 1.0
+        # the probe presses the curved skin flat: start a centimetre under the surface
+        y0 = 5 * h.depth - b_out * math.sqrt(max(0.0, 1 - (xp / a_out) ** 2)) + 10.0
         x0 = xp - cols / 2 * px
         sector = _sector_mask(rows, cols, px, depth)
     xs = x0 + (np.arange(cols + 2 * pad) - pad) * px
@@ -151,7 +152,14 @@ def ultrasound_frames(
     change[1:] = labels[1:] != labels[:-1]
     strong = np.isin(labels, [int(t) for t in _STRONG])
     change[1:] *= np.where(strong[1:] | strong[:-1], 1.6, 0.45)
+    if scene != "breast":
+        # coupling gel, not air, between the curved probe face and the skin
+        outside = labels == int(T.AIR)
+        alpha[outside] = 0.0
+        change[outside] = 0.0
     speckle_base = _speckle(rng, labels.shape)
+    # speckle decorrelates from frame to frame: blend in one of a few fresh fields
+    fresh = [_speckle(rng, (rows, cols)) for _ in range(min(frames, 4))]
     blood = labels == int(T.BLOOD)
     out = np.zeros((frames, rows, cols, 3) if colour else (frames, rows, cols), dtype=np.uint8)
     for i in range(frames):
@@ -159,10 +167,12 @@ def ultrasound_frames(
         dy = round((5 if scene == "liver" else 1) * math.sin(phase))
         dx = round(2 * math.sin(phase * 0.5))
         win = (slice(pad + dy, pad + dy + rows), slice(pad + dx, pad + dx + cols))
-        speckle = 0.8 * speckle_base[win] + 0.2 * _speckle(rng, (rows, cols))
-        att = np.exp(-np.cumsum(alpha[win] - _SOFT, axis=0) * px)
+        speckle = 0.8 * speckle_base[win] + 0.2 * fresh[i % len(fresh)]
+        # beams run down the columns inside the field of view; the gain curve (TGC)
+        # makes up for the attenuation of average soft tissue, not of fluid or bone
+        att = np.exp(-np.cumsum(np.where(sector, alpha[win] - _SOFT, 0.0), axis=0) * px)
         signal = (echo[win] * speckle + blur(change[win], 0.7)) * att
-        bmode = np.clip(np.log1p(40.0 * signal) / math.log1p(40.0 * 1.6), 0.0, 1.0)
+        bmode = np.clip(np.log1p(10.0 * signal) / math.log1p(10.0 * 2.5), 0.0, 1.0)
         grey = np.where(sector, np.rint(bmode * 255.0), 0).astype(np.uint8)
         if not colour:
             out[i] = grey
