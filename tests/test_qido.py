@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,6 +417,9 @@ def test_dicomweb_client_pages_to_the_end(server: StoreServer, cohort: Cohort) -
         ("/studies?ContrastBolusAgent=x", "ContrastBolusAgent"),
         ("/instances?includefield=" + ",".join(["PatientID"] * 501), "includefield"),
         ("/studies?limit=1&limit=2", "limit"),
+        ("/studies?StudyInstanceUID=,", "StudyInstanceUID"),
+        ("/studies?SOPClassesInStudy=%5C", "SOPClassesInStudy"),
+        ("/studies?PatientID=,&multiplevaluematching=true", "PatientID"),
     ],
 )
 def test_malformed_queries_get_400_naming_the_parameter(
@@ -482,3 +486,42 @@ def test_the_store_keeps_serving_after_bad_requests(server: StoreServer) -> None
     for target in bad * 3:
         assert 400 <= raw_get(server, target).status_code < 500
     assert get(server, "/studies").status_code == 200
+
+
+def test_random_queries_never_fail_on_the_server(server: StoreServer) -> None:
+    """Generated junk and edge-case queries get 200 or 400, never a server error."""
+    rng = random.Random(7)
+    keys = [
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "StudyTime",
+        "StudyInstanceUID",
+        "Modality",
+        "00100020",
+        "ModalitiesInStudy",
+        "InstanceNumber",
+        "Rows",
+        "ImageType",
+        "PixelSpacing",
+        "AcquisitionDate",
+        "includefield",
+        "limit",
+        "offset",
+        "fuzzymatching",
+        "Bogus",
+        "0010",
+        "multiplevaluematching",
+        "SOPClassesInStudy",
+        "ReferencedImageSequence",
+        "00091010",
+    ]
+    alphabet = "0123456789.-*?^=,\\[]%az AZ\t'\"é漢"
+    for _ in range(300):
+        params = {}
+        for _ in range(rng.randrange(1, 4)):
+            value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+            params[rng.choice(keys)] = value
+        path = rng.choice(["/studies", "/series", "/instances"])
+        response = get(server, path, **params)
+        assert response.status_code in (200, 400), (path, params, response.text)

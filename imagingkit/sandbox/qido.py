@@ -359,9 +359,11 @@ def _condition(attribute: Attribute, raw: str, *, fuzzy: bool, multiple: bool) -
     target = _target(attribute)
     parts: list[str] = []
     params: list[Any] = []
-    alternatives = _alternatives(attribute, value, multiple)
+    alternatives = [a.strip() for a in _alternatives(attribute, value, multiple) if a.strip()]
+    if not alternatives:
+        raise InvalidQueryError(f"{name}={raw[:80]!r} holds no value to match")
     if attribute.vr == "UI":
-        uids = [u.strip() for u in alternatives if u.strip()]
+        uids = alternatives
         for uid in uids:
             if not is_valid_uid(uid, lenient=True):
                 raise InvalidQueryError(
@@ -370,7 +372,7 @@ def _condition(attribute: Attribute, raw: str, *, fuzzy: bool, multiple: bool) -
         sql, sql_params = target.match_in(uids)
         return _Condition(target.level, sql, sql_params)
     for alternative in alternatives:
-        sql, sql_params = _match_one(attribute, target, alternative.strip(), raw, fuzzy)
+        sql, sql_params = _match_one(attribute, target, alternative, raw, fuzzy)
         parts.append(sql)
         params.extend(sql_params)
     sql = parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
@@ -386,7 +388,7 @@ class _Target:
     key: str
     vr: str
 
-    def _each(self, test: str) -> str:
+    def each_value(self, test: str) -> str:
         """SQL true when any value of the attribute in ``{t}.attrs`` passes *test*."""
         return (
             f"EXISTS (SELECT 1 FROM json_each({{t}}.attrs, '$.\"{self.key}\".Value') WHERE {test})"
@@ -395,13 +397,13 @@ class _Target:
     def compare(self, op: str, value: Any, transform: str = "value") -> tuple[str, list[Any]]:
         if self.column is not None:
             return f"{{t}}.{self.column} {op} ?", [value]
-        return self._each(f"{transform} {op} ?"), [value]
+        return self.each_value(f"{transform} {op} ?"), [value]
 
     def match_in(self, values: list[str]) -> tuple[str, list[Any]]:
         marks = ", ".join("?" * len(values))
         if self.column is not None:
             return f"{{t}}.{self.column} IN ({marks})", list(values)
-        return self._each(f"value IN ({marks})"), list(values)
+        return self.each_value(f"value IN ({marks})"), list(values)
 
     def between(self, low: str | None, high: str | None, transform: str) -> tuple[str, list[Any]]:
         tests, params = [], []
@@ -415,7 +417,7 @@ class _Target:
         test = " AND ".join(tests)
         if self.column is not None:
             return f"({test})", params
-        return self._each(test), params
+        return self.each_value(test), params
 
 
 def _target(attribute: Attribute) -> _Target:
@@ -530,7 +532,7 @@ def _person_name(target: _Target, value: str, fuzzy: bool) -> tuple[str, list[An
     test = "(" + " OR ".join(tests) + ")"
     if target.column is not None:
         return test, params
-    return target._each(test), params
+    return target.each_value(test), params
 
 
 def _computed_condition(attribute: Attribute, value: str, multiple: bool) -> _Condition:
@@ -555,6 +557,8 @@ def _computed_condition(attribute: Attribute, value: str, multiple: bool) -> _Co
         return _Condition("study", sql, params)
     if attribute.tag == _SOP_CLASSES_IN_STUDY:
         uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
+        if not uids:
+            raise InvalidQueryError(f"{name}={value[:80]!r} holds no UID to match")
         for uid in uids:
             if not is_valid_uid(uid, lenient=True):
                 raise InvalidQueryError(f"{name}={value[:80]!r}: {uid[:80]!r} is not a UID")
