@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -371,3 +372,27 @@ def test_kill_9_during_stow_leaves_index_and_files_consistent(tmp_path: Path) ->
         indexed = {r.sop_uid for r in idx.instances(study)}
         assert indexed == on_disk
         assert set(acknowledged) <= indexed  # nothing acknowledged was lost
+
+
+def test_random_garbage_uploads_never_fail_on_the_server(server: StoreServer) -> None:
+    rng = random.Random(11)
+    good = part10_bytes(make_instance(study=_uid(), series=_uid()))
+    for _ in range(60):
+        parts = []
+        for _ in range(rng.randrange(1, 4)):
+            data = bytearray(good[: rng.randrange(0, len(good) + 1)])
+            for _ in range(rng.randrange(0, 8)):
+                if data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            parts.append((DICOM_PART, bytes(data)))
+        body, content_type = encode_multipart(parts, "application/dicom")
+        if rng.random() < 0.3:
+            body = body[: rng.randrange(len(body))]
+        response = requests.post(
+            f"{server.url}/studies",
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=TIMEOUT,
+        )
+        assert response.status_code in (200, 202, 400, 409), response.text
+    assert server.store.index.verify() == []
