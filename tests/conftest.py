@@ -6,32 +6,23 @@ the tests need (``.ci/run``), so a skip there means a test did not really run (D
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import shutil
 import signal
-import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 from servers import (
+    SANDBOX_SEED,
+    SANDBOX_SIZE,
     ImagingkitServer,
     OrthancServer,
+    cached_sandbox_data_dir,
     orthanc_missing_reason,
     start_imagingkit,
     start_orthanc,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-#: generated sandboxes cached between sessions (gitignored), keyed by generator source
-TEST_DATA_CACHE = REPO / ".cache" / "test-data"
-SANDBOX_SIZE = "small"
-SANDBOX_SEED = 42
-#: modules of imagingkit.sandbox that serve data rather than generate it; changing them
-#: does not invalidate the cached sandbox
-_SERVING_MODULES = {"dicom_index.py", "qido.py", "stow.py", "dicomweb_store.py", "wado.py"}
 
 
 def _in_ci() -> bool:
@@ -77,46 +68,13 @@ def pytest_make_collect_report(
 # --------------------------------------------------------------------------- sandbox data
 
 
-def _generator_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "imagingkit" / "sandbox").glob("*.py")):
-        if path.name not in _SERVING_MODULES:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+@pytest.fixture(scope="session")
+def sandbox_cache() -> Callable[..., Path]:
+    """``cached_sandbox_data_dir(size=..., seed=...)``: a data dir holding that sandbox.
 
-
-def _prune_stale(current: Path, unused_for: float = 3600) -> None:
-    """Delete cached sandboxes of older generator versions unused for *unused_for* s."""
-    prefix = current.name.rsplit("-", 1)[0] + "-"
-    for entry in current.parent.glob(f"{prefix}*"):
-        if entry == current or not entry.is_dir():
-            continue
-        if time.time() - entry.stat().st_mtime > unused_for:
-            shutil.rmtree(entry, ignore_errors=True)
-            entry.with_name(f"{entry.name}.lock").unlink(missing_ok=True)
-
-
-def cached_sandbox_data_dir(size: str = SANDBOX_SIZE, seed: int = SANDBOX_SEED) -> Path:
-    """Return a data dir holding the generated sandbox of *size*, generating it once.
-
-    The data dir lives in ``.cache/test-data`` keyed by the generator's source, so a
-    change to the generator regenerates it, and concurrent test sessions wait for one
-    another (a file lock) instead of generating twice.
+    The same function is importable as ``from servers import cached_sandbox_data_dir``.
     """
-    from imagingkit.sandbox.generate import ensure_sandbox
-
-    data_dir = TEST_DATA_CACHE / f"{size}-seed{seed}-{_generator_fingerprint()}"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.touch()  # in use: keep it from being pruned
-    _prune_stale(data_dir)
-    with (TEST_DATA_CACHE / f"{data_dir.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            ensure_sandbox(data_dir, size=size, seed=seed)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return data_dir
+    return cached_sandbox_data_dir
 
 
 @pytest.fixture(scope="session")

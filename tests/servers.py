@@ -1,15 +1,19 @@
-"""Start and stop the servers the tests talk to: Orthanc and ``imagingkit serve``.
+"""Helpers of the test fixtures: Orthanc, ``imagingkit serve`` and the cached sandbox.
 
 Every server listens on loopback, every wait has a timeout, and each helper stops only
-the process it started, by its PID.
+the process it started, by its PID. Import from here (``from servers import …``), not from
+``conftest``: several ``conftest.py`` files share that module name.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,11 +29,14 @@ __all__ = [
     "IDENTITY",
     "ORTHANC_BINARY",
     "ORTHANC_DICOMWEB_PLUGIN",
+    "SANDBOX_SEED",
+    "SANDBOX_SIZE",
     "ImagingkitServer",
     "OrthancServer",
     "RawResponse",
     "ServerStartError",
     "UploadReport",
+    "cached_sandbox_data_dir",
     "free_port",
     "imagingkit_command",
     "listening_addresses",
@@ -109,6 +116,61 @@ def listening_addresses(port: int) -> set[str]:
             words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
             found.add(socket.inet_ntop(family, b"".join(words)))
     return found
+
+
+REPO = Path(__file__).resolve().parent.parent
+#: generated sandboxes cached between sessions (gitignored), keyed by generator source
+TEST_DATA_CACHE = REPO / ".cache" / "test-data"
+SANDBOX_SIZE = "small"
+SANDBOX_SEED = 42
+#: modules of imagingkit.sandbox that serve data rather than generate it; changing them
+#: does not invalidate the cached sandbox
+_SERVING_MODULES = {"dicom_index.py", "qido.py", "stow.py", "dicomweb_store.py", "wado.py"}
+
+
+# --------------------------------------------------------------------------- sandbox data cache
+
+
+def _generator_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "imagingkit" / "sandbox").glob("*.py")):
+        if path.name not in _SERVING_MODULES:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _prune_stale(current: Path, unused_for: float = 3600) -> None:
+    """Delete cached sandboxes of older generator versions unused for *unused_for* s."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    for entry in current.parent.glob(f"{prefix}*"):
+        if entry == current or not entry.is_dir():
+            continue
+        if time.time() - entry.stat().st_mtime > unused_for:
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_name(f"{entry.name}.lock").unlink(missing_ok=True)
+
+
+def cached_sandbox_data_dir(size: str = SANDBOX_SIZE, seed: int = SANDBOX_SEED) -> Path:
+    """Return a data dir holding the generated sandbox of *size*, generating it once.
+
+    The data dir lives in ``.cache/test-data`` keyed by the generator's source, so a
+    change to the generator regenerates it, and concurrent test sessions wait for one
+    another (a file lock) instead of generating twice.
+    """
+    from imagingkit.sandbox.generate import ensure_sandbox
+
+    data_dir = TEST_DATA_CACHE / f"{size}-seed{seed}-{_generator_fingerprint()}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.touch()  # in use: keep it from being pruned
+    _prune_stale(data_dir)
+    with (TEST_DATA_CACHE / f"{data_dir.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            ensure_sandbox(data_dir, size=size, seed=seed)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return data_dir
 
 
 # --------------------------------------------------------------------------- Orthanc
