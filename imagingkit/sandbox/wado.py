@@ -404,16 +404,19 @@ class RetrieveHandler(_WadoHandler):
         self._started = True
         await self.flush()
         for (record, _), head, size in zip(jobs, heads, sizes, strict=True):
-            buffer = self.wado.buffers.acquire(size)
+            # one write per part: the part's header block, then the file, in one buffer
+            total = len(head) + size
+            buffer = self.wado.buffers.acquire(total)
             try:
-                with memoryview(buffer) as view, view[:size] as data:
-                    if _read_into(record.path, data) != size:
+                with memoryview(buffer) as view, view[:total] as part:
+                    part[: len(head)] = head
+                    if _read_into(record.path, part[len(head) :]) != size:
                         log.error("%s changed while being sent; closing", record.path)
                         stream = getattr(self.request.connection, "stream", None)
                         if stream is not None:  # the promised Content-Length cannot be kept
                             stream.close()
                         return
-                    if not await self.write_raw(head, data):
+                    if not await self.write_raw(part):
                         return
             finally:
                 self.wado.buffers.release(buffer)
