@@ -63,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger("imagingkit.sandbox.index")
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 #: files read per committed transaction while scanning
 _BATCH = 500
 #: files per task handed to a worker process
@@ -175,19 +175,25 @@ _EXTRA_RETURN_TAGS: dict[str, tuple[int, ...]] = {
     for level, keywords in _EXTRA_RETURN_KEYWORDS.items()
 }
 
-#: the attributes each level's row returns (its columns and the extras above)
-LEVEL_TAGS: dict[str, frozenset[int]] = {
-    level: frozenset(a.tag for a in INDEXED_ATTRIBUTES[level]) | frozenset(extra)
-    for level, extra in _EXTRA_RETURN_TAGS.items()
-}
 
-#: the top-level tags the scan decodes and keeps in each row's ``attrs`` (the rest of a
+def _level_tags() -> dict[str, frozenset[int]]:
+    taken: set[int] = set()
+    levels = {}
+    for level in ("study", "series", "instance"):  # a tag belongs to the highest level naming it
+        tags = {a.tag for a in INDEXED_ATTRIBUTES[level]} | set(_EXTRA_RETURN_TAGS[level])
+        levels[level] = frozenset(tags - taken)
+        taken |= tags
+    return levels
+
+
+#: the attributes each level's row holds and returns (its columns and the extras above);
+#: the sets are disjoint
+LEVEL_TAGS: dict[str, frozenset[int]] = _level_tags()
+_LEVEL_KEYS = {level: frozenset(_key(t) for t in tags) for level, tags in LEVEL_TAGS.items()}
+
+#: the top-level tags the scan decodes, each kept in its level's ``attrs`` (the rest of a
 #: header is read from its file on demand)
-DECODED_TAGS = frozenset(
-    {a.tag for attributes in INDEXED_ATTRIBUTES.values() for a in attributes}
-    | {tag for tags in _EXTRA_RETURN_TAGS.values() for tag in tags}
-    | {0x0020000D, 0x0020000E, 0x00080018}
-)
+DECODED_TAGS: frozenset[int] = frozenset().union(*LEVEL_TAGS.values())
 
 
 @dataclass(frozen=True)
@@ -378,7 +384,7 @@ class _Parsed:
     uids: tuple[str, str, str]  # study, series, sop
     transfer_syntax_uid: str
     columns: dict[str, tuple[Any, ...]]  # level -> column values in INDEXED_ATTRIBUTES order
-    attrs: str  # JSON of the decoded attributes (DECODED_TAGS) present in the file
+    attrs: dict[str, str]  # level -> JSON object of its LEVEL_TAGS present in the file
     header_json: str | None  # the whole header's JSON when pydicom had to read the file
 
 
@@ -439,7 +445,14 @@ def _parse_file(root: str, rel: str, size: int, mtime_ns: int) -> _Parsed | _Ski
         level: tuple(_column_value(a, dataset) for a in attributes)
         for level, attributes in INDEXED_ATTRIBUTES.items()
     }
-    dataset.pop("00080005", None)  # values are stored as Unicode
+    attrs = {
+        level: json.dumps(
+            {k: v for k, v in dataset.items() if k in keys},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        for level, keys in _LEVEL_KEYS.items()
+    }
     return _Parsed(
         rel=rel,
         size=size,
@@ -447,7 +460,7 @@ def _parse_file(root: str, rel: str, size: int, mtime_ns: int) -> _Parsed | _Ski
         uids=(uids[0], uids[1], uids[2]),
         transfer_syntax_uid=header.transfer_syntax_uid,
         columns=columns,
-        attrs=json.dumps(dataset, separators=(",", ":"), ensure_ascii=False),
+        attrs=attrs,
         header_json=header_json,
     )
 
@@ -681,9 +694,7 @@ class DicomIndex:
         log.info("%s", report)
         return report
 
-    def _orphaned_duplicates(
-        self, seen: set[str], queued: set[str]
-    ) -> list[tuple[str, int, int]]:
+    def _orphaned_duplicates(self, seen: set[str], queued: set[str]) -> list[tuple[str, int, int]]:
         """Duplicates whose instance lost its file: they get another chance to be served."""
         rows = self.query(
             "SELECT f.path, f.size, f.mtime_ns FROM files f WHERE f.reason LIKE 'duplicate%' "
@@ -1119,11 +1130,11 @@ _INSERT_SQL = {
 
 
 def _study_row(p: _Parsed) -> tuple[Any, ...]:
-    return (p.uids[0], *p.columns["study"][1:], p.attrs)
+    return (p.uids[0], *p.columns["study"][1:], p.attrs["study"])
 
 
 def _series_row(p: _Parsed) -> tuple[Any, ...]:
-    return (p.uids[1], p.uids[0], *p.columns["series"][1:], p.attrs)
+    return (p.uids[1], p.uids[0], *p.columns["series"][1:], p.attrs["series"])
 
 
 def _instance_row(p: _Parsed) -> tuple[Any, ...]:
@@ -1136,7 +1147,7 @@ def _instance_row(p: _Parsed) -> tuple[Any, ...]:
         p.mtime_ns,
         p.transfer_syntax_uid,
         *p.columns["instance"][1:],
-        p.attrs,
+        p.attrs["instance"],
     )
 
 

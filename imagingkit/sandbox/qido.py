@@ -65,7 +65,6 @@ from imagingkit.config import Settings
 from imagingkit.dicomjson import DicomJson
 from imagingkit.errors import InvalidDateError, InvalidDICOMError, InvalidQueryError
 from imagingkit.sandbox.dicom_index import (
-    DECODED_TAGS,
     INDEXED_ATTRIBUTES,
     LEVEL_TAGS,
     DicomIndex,
@@ -381,7 +380,7 @@ def _condition(attribute: Attribute, raw: str, *, fuzzy: bool, multiple: bool) -
 
 @dataclass(frozen=True)
 class _Target:
-    """Where an attribute's values live: a column, or the ``attrs`` JSON of instances."""
+    """Where an attribute's values live: a column, or the stored JSON (``attrs``) of a level."""
 
     level: str
     column: str | None
@@ -424,8 +423,9 @@ def _target(attribute: Attribute) -> _Target:
     column = _COLUMNS.get(attribute.tag)
     if column is not None:
         return _Target(column.level, column.column, attribute.key, attribute.vr)
-    if attribute.tag in DECODED_TAGS:
-        return _Target("instance", None, attribute.key, attribute.vr)
+    for level in LEVELS:
+        if attribute.tag in LEVEL_TAGS[level]:  # decoded: in that level's stored JSON
+            return _Target(level, None, attribute.key, attribute.vr)
     raise InvalidQueryError(
         f"{attribute.keyword}: matching on this attribute is not supported by this server "
         "(it can be returned with includefield)"
@@ -579,10 +579,27 @@ def _computed_condition(attribute: Attribute, value: str, multiple: bool) -> _Co
 
 @dataclass
 class QidoResult:
-    """The matches of a search: DICOM JSON objects, and whether more exist past *limit*."""
+    """The matches of a search and whether more exist past *limit*.
 
-    items: list[DicomJson]
+    Attributes
+    ----------
+    encoded : list of str
+        Each match as the text of a DICOM JSON object (assembled from stored JSON, never
+        decoded on the way, which keeps large pages fast).
+    more : bool
+    """
+
+    encoded: list[str]
     more: bool
+
+    @property
+    def items(self) -> list[DicomJson]:
+        """The matches as DICOM JSON objects."""
+        return [json.loads(text) for text in self.encoded]
+
+    def json_text(self) -> str:
+        """The response body: a JSON array of the matches."""
+        return "[" + ",".join(self.encoded) + "]"
 
 
 def _where(query: QidoQuery, level: str) -> tuple[list[str], list[Any]]:
@@ -614,13 +631,12 @@ _SELECT = {
         "FROM studies st"
     ),
     "series": (
-        "SELECT se.series_uid, se.study_uid, se.attrs AS series_attrs, st.attrs AS study_attrs, "
+        "SELECT se.series_uid, se.study_uid, se.attrs AS series_attrs, "
         "(SELECT COUNT(*) FROM instances x WHERE x.series_uid = se.series_uid) AS n_instances "
         "FROM series se JOIN studies st ON st.study_uid = se.study_uid"
     ),
     "instance": (
-        "SELECT i.sop_uid, i.series_uid, i.study_uid, i.attrs AS instance_attrs, "
-        "se.attrs AS series_attrs, st.attrs AS study_attrs "
+        "SELECT i.sop_uid, i.series_uid, i.study_uid, i.attrs AS instance_attrs "
         "FROM instances i JOIN series se ON se.series_uid = i.series_uid "
         "JOIN studies st ON st.study_uid = i.study_uid"
     ),
@@ -673,51 +689,82 @@ def search(
     rows = index.query(sql, [*params, query.limit + 1, query.offset])
     more = len(rows) > query.limit
     builder = _ResultBuilder(index, query, base_url)
-    items = [builder.build(row) for row in rows[: query.limit]]
-    return QidoResult(items, more)
+    return QidoResult([builder.build(row) for row in rows[: query.limit]], more)
+
+
+def _members(obj: DicomJson) -> str:
+    """A JSON object's members without the braces (``'"k":v,"k2":v2'``)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)[1:-1]
+
+
+def _stored_members(text: str | None) -> str:
+    return text[1:-1] if text and len(text) > 2 else ""
 
 
 class _ResultBuilder:
-    """Assemble one result's DICOM JSON from a row (PS3.18 Tables 10.6.3-3 to -5)."""
+    """Assemble each result's DICOM JSON text from a row (PS3.18 Tables 10.6.3-3 to -5).
+
+    A result holds its level's attributes and those of the levels above (disjoint sets,
+    stored as JSON per row), the computed attributes, and any ``includefield`` attribute
+    only the file has (read from the instance, or a study's or series' first instance).
+    """
 
     def __init__(self, index: DicomIndex, query: QidoQuery, base_url: str):
         self.index = index
         self.query = query
         self.base_url = base_url.rstrip("/")
         level = query.level
-        # Each result carries its level's attributes and those of the levels above it,
-        # nested resources included (PS3.18 §10.6.3.3 requires them for the
-        # non-nested forms; Orthanc and viewers expect them throughout).
-        self.levels = list(LEVELS[: _DEPTH[level] + 1])
-        wanted = set(query.include) - set(_COMPUTED)
-        self.from_attrs = {t for t in wanted if t in DECODED_TAGS}
-        self.from_file = {t for t in wanted if t not in DECODED_TAGS}
-        self.file_cache: dict[str, DicomJson] = {}
+        # Nested resources too carry the parent levels' attributes (PS3.18 §10.6.3.3
+        # requires them for the non-nested forms; Orthanc and viewers expect them always).
+        self.levels = LEVELS[: _DEPTH[level] + 1]
+        held = frozenset().union(*(LEVEL_TAGS[lv] for lv in self.levels))
+        self.from_file = {t for t in query.include if t not in held and t not in _COMPUTED}
+        self.whole_header = query.include_all and level == "instance"
+        self.fragments: dict[tuple[str, str], str] = {}  # rows share studies and series
 
-    def build(self, row: Any) -> DicomJson:
+    def _fragment(self, row: Any, lv: str) -> str:
+        """A level's stored attributes; a parent level's are fetched once per page."""
+        if lv == self.query.level:
+            return _stored_members(row[f"{lv}_attrs"])
+        uid = row[_KEY[lv]]
+        cached = self.fragments.get((lv, uid))
+        if cached is None:
+            found = self.index.query(f"SELECT attrs FROM {_TABLE[lv]} WHERE {_KEY[lv]} = ?", (uid,))
+            cached = _stored_members(found[0][0]) if found else ""
+            self.fragments[(lv, uid)] = cached
+        return cached
+
+    def build(self, row: Any) -> str:
+        parts = [self._fragment(row, lv) for lv in reversed(self.levels)]
+        parts.append(self._retrieve_members(row))
+        if self.query.level != "instance":
+            parts.append(_members(self._computed(row)))
+        if self.whole_header or self.from_file:
+            extra = self._from_file(
+                row, exclude=set().union(*(LEVEL_TAGS[lv] for lv in self.levels))
+            )
+            if extra:
+                parts.append(_members(extra))
+        return "{" + ",".join(p for p in parts if p) + "}"
+
+    def _retrieve_members(self, row: Any) -> str:
+        """RetrieveURL and InstanceAvailability, written directly (every row has them)."""
         level = self.query.level
-        out: DicomJson = {}
-        keys = row.keys()
-        for lv in ("instance", "series", "study"):  # the most specific value wins
-            column = f"{lv}_attrs"
-            if column not in keys or not row[column]:
-                continue
-            tags = LEVEL_TAGS[lv] if lv in self.levels else frozenset()
-            for key, value in json.loads(row[column]).items():
-                tag = int(key, 16)
-                if tag in tags or tag in self.from_attrs:
-                    out.setdefault(key, value)
-        study_uid = row["study_uid"]
-        out["0020000D"] = {"vr": "UI", "Value": [study_uid]}
-        url = f"{self.base_url}/studies/{study_uid}"
+        url = f"{self.base_url}/studies/{row['study_uid']}"
         if level in ("series", "instance"):
-            out["0020000E"] = {"vr": "UI", "Value": [row["series_uid"]]}
             url += f"/series/{row['series_uid']}"
         if level == "instance":
-            out["00080018"] = {"vr": "UI", "Value": [row["sop_uid"]]}
             url += f"/instances/{row['sop_uid']}"
-        out[f"{_RETRIEVE_URL:08X}"] = {"vr": "UR", "Value": [url]}
-        out[f"{_INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+        return (
+            f'"{_RETRIEVE_URL:08X}":{{"vr":"UR","Value":[{json.dumps(url, ensure_ascii=False)}]}},'
+            f'"{_INSTANCE_AVAILABILITY:08X}":{{"vr":"CS","Value":["ONLINE"]}}'
+        )
+
+    def _computed(self, row: Any) -> DicomJson:
+        """The counts and summaries the store computes for studies and series."""
+        level = self.query.level
+        study_uid = row["study_uid"]
+        out: DicomJson = {}
         if level == "study":
             modalities = [m for m in (row["modalities"] or "").split("\\") if m]
             out[f"{_MODALITIES_IN_STUDY:08X}"] = (
@@ -729,9 +776,7 @@ class _ResultBuilder:
                 out[f"{_SOP_CLASSES_IN_STUDY:08X}"] = self._sop_classes(study_uid)
         elif level == "series":
             out[f"{_SERIES_INSTANCES:08X}"] = {"vr": "IS", "Value": [row["n_instances"]]}
-        if (self.query.include_all and level == "instance") or self.from_file:
-            self._add_from_file(out, row)
-        return dict(sorted(out.items()))
+        return out
 
     def _sop_classes(self, study_uid: str) -> DicomJson:
         rows = self.index.query(
@@ -742,34 +787,32 @@ class _ResultBuilder:
         values = [r[0] for r in rows]
         return {"vr": "UI", "Value": values} if values else {"vr": "UI"}
 
-    def _add_from_file(self, out: DicomJson, row: Any) -> None:
-        """Add attributes only the file's header has (includefield beyond the index)."""
+    def _from_file(self, row: Any, exclude: set[int]) -> DicomJson:
+        """Attributes only the file's header has (includefield beyond the index)."""
         level = self.query.level
         if level == "instance":
             sop = row["sop_uid"]
         else:
             key = _KEY[level]
             first = self.index.query(
-                f"SELECT i.sop_uid FROM instances i JOIN series se ON se.series_uid = i.series_uid "
+                "SELECT i.sop_uid FROM instances i JOIN series se ON se.series_uid = i.series_uid "
                 f"WHERE i.{key} = ? ORDER BY se.series_number, se.series_uid, i.instance_number, "
                 "i.sop_uid LIMIT 1",
                 (row[key],),
             )
             if not first:
-                return
+                return {}
             sop = first[0][0]
         try:
             header = self.index.header(sop) or {}
         except InvalidDICOMError as exc:  # the file changed since it was indexed
             log.warning("includefield: cannot read the header of %s: %s", sop, exc)
-            return
-        if self.query.include_all and level == "instance":
-            for key, value in header.items():
-                out.setdefault(key, value)
-        for tag in self.from_file:
-            key = f"{tag:08X}"
-            if key in header:
-                out.setdefault(key, header[key])
+            return {}
+        skip = {f"{t:08X}" for t in exclude | set(_COMPUTED)}
+        if self.whole_header:
+            return {k: v for k, v in header.items() if k not in skip}
+        wanted = {f"{t:08X}" for t in self.from_file}
+        return {k: v for k, v in header.items() if k in wanted and k not in skip}
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -864,7 +907,7 @@ class QidoHandler(BaseHandler):
         for warning in query.warnings:
             self.add_header("Warning", warning)
         self.set_header("Content-Type", f"{media_type}; charset=utf-8")
-        self.finish(json.dumps(result.items, ensure_ascii=False, separators=(",", ":")))
+        self.finish(result.json_text())
 
     def _search(
         self, query: QidoQuery, base: str, study_uid: str | None, series_uid: str | None
