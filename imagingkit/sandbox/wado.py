@@ -12,16 +12,21 @@ Resources, below the store's prefix (``/dicom-web``):
 ``…/thumbnail``, ``…/frames/{list}/thumbnail``          small representative image
 =====================================================  =====================================
 
-Instances stream part by part (a 2,000-instance series is never held in memory); a file
-already in the requested transfer syntax is sent byte for byte, anything else is
-transcoded on a worker thread while the previous part is being sent. Errors are
-problem+json: malformed UID, frame list or rendering parameter → 400, unknown UID or
-frame → 404, an ``Accept`` that cannot be met → 406.
+Instances stream part by part (a 2,000-instance series is never held in memory). When
+every file is already a Part-10 file in the requested transfer syntax the answer has a
+Content-Length and each part goes out byte for byte from a reused buffer; otherwise parts
+are transcoded on worker threads (two ahead of the one being sent) and the answer is
+chunked. Instances that cannot be given in any acceptable syntax are left out with 206
+and a ``Warning`` header (406 when none is left). Errors are problem+json: malformed UID,
+frame list or rendering parameter → 400, unknown UID or frame → 404, an ``Accept`` that
+cannot be met → 406. Negotiation itself is in :mod:`imagingkit.dicomweb.mediatypes`, file
+handling in :mod:`imagingkit.sandbox.stored_instance`, pictures in :mod:`imagingkit.render`.
 
 The store mounts these routes with :func:`wado_routes`. STOW-RS shares the study URL
-(``POST /studies/{s}``): to serve both, put a rule for ``{prefix}/studies/([^/]+)`` whose
-handler subclasses :class:`RetrieveHandler` and adds ``post`` *before* these rules
-(tornado uses the first rule that matches a path).
+(``POST /studies/{s}``); :func:`imagingkit.sandbox.stow.stow_routes` gives the study
+rule's :class:`RetrieveHandler` a ``post``. The :class:`WadoService` holding the worker
+threads is in every rule's keyword arguments (``"service"``); call its ``close()`` when
+the store closes.
 """
 
 from __future__ import annotations
