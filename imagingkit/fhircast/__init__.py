@@ -5,10 +5,21 @@
 - :mod:`~imagingkit.fhircast.hub` — :class:`FhircastHub`, the tornado component at
   ``/fhircast/``;
 - :mod:`~imagingkit.fhircast.client` — :class:`FhircastClient` (blocking, notebook-safe)
-  and :class:`AsyncFhircastClient` on the ``websockets`` library.
+  and :class:`AsyncFhircastClient` on the ``websockets`` library;
+- :mod:`~imagingkit.fhircast.background` — :class:`BackgroundHub`, a hub on a thread.
+
+Example::
+
+    from imagingkit.fhircast import BackgroundHub, FhircastClient
+
+    with BackgroundHub() as hub, FhircastClient(hub.url, "session-1") as client:
+        client.on("ImagingStudy-open", lambda event: print(event.value("study")["id"]))
+        client.open_patient({"resourceType": "Patient", "id": "p1"})
+        print(client.current.anchor)          # "Patient" once the echo arrived
 """
 
 from imagingkit.fhircast.auth import StaticTokenValidator, TokenInfo
+from imagingkit.fhircast.background import BackgroundHub
 from imagingkit.fhircast.client import (
     AsyncFhircastClient,
     CurrentContext,
@@ -21,6 +32,7 @@ from imagingkit.fhircast.protocol import FHIRCAST_VERSION, Event
 __all__ = [
     "FHIRCAST_VERSION",
     "AsyncFhircastClient",
+    "BackgroundHub",
     "CurrentContext",
     "Denial",
     "Event",
