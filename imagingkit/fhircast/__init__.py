@@ -14,8 +14,9 @@ Example::
 
     with BackgroundHub() as hub, FhircastClient(hub.url, "session-1") as client:
         client.on("ImagingStudy-open", lambda event: print(event.value("study")["id"]))
-        client.open_patient({"resourceType": "Patient", "id": "p1"})
-        print(client.current.anchor)          # "Patient" once the echo arrived
+        sent = client.open_patient({"resourceType": "Patient", "id": "p1"})
+        client.wait_for(sent.id)              # the hub's echo of our own request
+        print(client.current.anchor)          # "Patient"
 """
 
 from imagingkit.fhircast.auth import StaticTokenValidator, TokenInfo
