@@ -1,16 +1,21 @@
 """SQLite index over a folder of DICOM Part-10 files: the embedded DICOMweb store's catalogue.
 
-The index holds one row per study, series and instance with the attributes QIDO-RS matches
-on and returns (PS3.18 §10.6.3, Tables 10.6.3-3 to -5), and each instance's whole header
-(without pixel or other bulk data) as DICOM JSON, so ``includefield`` can name any attribute.
+The index holds one row per study, series and instance: the attributes QIDO-RS matches on
+in columns, and the attributes each level returns (PS3.18 §10.6.3, Tables 10.6.3-3 to -5,
+see :data:`LEVEL_TAGS`) as DICOM JSON. An instance's whole header (without pixel or other
+bulk data), which ``includefield`` may ask for, is read from its file on demand by the fast
+reader (:meth:`DicomIndex.header`); for the rare files only pydicom reads, its DICOM JSON
+is stored at indexing time. Storing every header as JSON would have halved the indexing
+rate for no gain: the files are the source of truth and sit next to the index.
 
 Scanning
     :meth:`DicomIndex.scan` walks the folder recursively (any file name, ``.dcm`` or not;
     names starting with ``.`` are skipped), reads only files that are new or whose size or
     ``mtime_ns`` changed, and forgets files that vanished. Files that are not DICOM, or lack
     the identifying UIDs, are skipped with a logged reason and remembered, so they are not
-    read again until they change. Headers are read by :func:`imagingkit.dicomjson.read_dicom_json`
-    (pixel data is never read), in parallel processes for large batches.
+    read again until they change. Headers are read by
+    :func:`imagingkit.dicomjson.read_dicom_json` (pixel data is never read; only the indexed
+    attributes are decoded), in worker processes for large batches.
 
 Duplicates
     Two files holding the same SOP Instance UID: the newer file (larger ``mtime_ns``; on a tie
