@@ -348,14 +348,17 @@ class DicomJsonHeader:
         (which is present as a ``BulkDataURI`` only when *bulkdata_uri* was given).
     header_length : int or None
         Number of bytes before the pixel data (the whole file if it has none) when the
-        fast reader read the file, so ``source[:header_length]`` can be read again
-        later; ``None`` when pydicom read it.
+        fast reader read the whole header; ``None`` when pydicom read it, or when reading
+        stopped after the last of the *only* attributes.
+    fast : bool
+        Whether the fast reader (rather than pydicom) read it.
     """
 
     transfer_syntax_uid: str
     has_preamble: bool
     dataset: DicomJson
     header_length: int | None = None
+    fast: bool = False
 
 
 class _NeedPydicom(Exception):
@@ -398,8 +401,9 @@ def read_dicom_json(
         included as a ``BulkDataURI`` (tag path ``"7FE00010"``).
     only : collection of int, optional
         Decode only these top-level tags (and what their decoding needs); the fast reader
-        skips the values of all others, which makes indexing several times faster. The
-        pydicom fallback decodes everything and then keeps these.
+        skips the values of all others and stops after the last of them (top-level
+        elements come in tag order, PS3.5 §7.1), which makes indexing several times
+        faster. The pydicom fallback decodes everything and then keeps these.
 
     Returns
     -------
@@ -485,6 +489,8 @@ class _FastReader:
         self.buf = buf
         self.size = len(buf)
         self.only = only
+        self.last_wanted = max(only) if only else -1
+        self.stopped_early = False
         self.bulkdata_uri = bulkdata_uri
         self.bulk_threshold = bulk_threshold
         self.encoding = _DEFAULT_TEXT_ENCODING
@@ -517,7 +523,8 @@ class _FastReader:
         elif syntax in (_EXPLICIT_BE, *_DEFLATED) or not re.match(r"^[0-9.]+$", syntax):
             raise _NeedPydicom  # big-endian, deflated or unknown: pydicom reads those
         dataset, end = self._dataset(pos, self.size, "", top=True)
-        return DicomJsonHeader(syntax, has_preamble, dataset, end)
+        length = None if self.stopped_early else end
+        return DicomJsonHeader(syntax, has_preamble, dataset, length, fast=True)
 
     def _read_meta(self, pos: int) -> tuple[tuple[str, str], int]:
         buf = self.buf
@@ -584,6 +591,9 @@ class _FastReader:
                 else:
                     pos += 8
             if skip is not None and tag not in skip:  # not wanted: step over the value
+                if tag > self.last_wanted:  # nothing wanted follows
+                    self.stopped_early = True
+                    return out, pos
                 if length == 0xFFFFFFFF:
                     if not implicit and vr != "SQ":
                         raise _NeedPydicom

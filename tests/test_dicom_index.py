@@ -57,7 +57,8 @@ def test_pydicom_test_files_index_without_a_crash(tmp_path: Path) -> None:
     reasons = {path.name: reason for path, reason in report.skipped_files}
     assert "DICOMDIR" in reasons["DICOMDIR"]
     assert reasons["README.txt"].startswith("not DICOM")
-    assert "truncated" in reasons["rtplan_truncated.dcm"]
+    # cut short after the attributes the index reads: indexed (the damage shows on retrieval)
+    assert "rtplan_truncated.dcm" not in reasons
     assert "no StudyInstanceUID" in reasons["JPEGLSNearLossless_08.dcm"]
     # the files nested below dicomdirtests/ (no .dcm suffix) are instances too
     assert any("IM0000" in p.name for p in root.rglob("IM*")), "fixture changed"

@@ -15,7 +15,9 @@ Scanning
     the identifying UIDs, are skipped with a logged reason and remembered, so they are not
     read again until they change. Headers are read by
     :func:`imagingkit.dicomjson.read_dicom_json` (pixel data is never read; only the indexed
-    attributes are decoded), in worker processes for large batches.
+    attributes are decoded, and reading stops after the last of them), in worker processes
+    for large batches. So damage after those attributes (a header or pixel data cut short)
+    is not noticed by the scan; it shows when the instance is retrieved.
 
 Duplicates
     Two files holding the same SOP Instance UID: the newer file (larger ``mtime_ns``; on a tie
@@ -97,11 +99,10 @@ class IndexedAttribute:
     vr: str
     level: str
     column: str
+    key: str = field(init=False)  # the DICOM JSON key, "GGGGEEEE"
 
-    @property
-    def key(self) -> str:
-        """The DICOM JSON key, ``"GGGGEEEE"``."""
-        return _key(self.tag)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", _key(self.tag))
 
 
 def _key(tag: int) -> str:
@@ -416,11 +417,11 @@ def _read_header(path: str) -> tuple[DicomJsonHeader, str | None]:
             header = read_dicom_json(prefix, only=DECODED_TAGS)
         except InvalidDICOMError:
             header = None  # the header is longer than the prefix
-        if header is not None and header.header_length is None:
+        if header is not None and not header.fast:
             header = None  # pydicom read a cut-off copy: read the file itself
     if header is None:
         header = read_dicom_json(prefix if whole else path, only=DECODED_TAGS)
-    if header.header_length is not None:
+    if header.fast:
         return header, None  # the fast reader reads this file again on demand
     full = read_dicom_json(prefix if whole else path).dataset
     return header, json.dumps(full, separators=(",", ":"), ensure_ascii=False)

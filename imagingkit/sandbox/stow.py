@@ -237,7 +237,7 @@ def _store_one(
     if media != "application/dicom":
         raise _Refused(CANNOT_UNDERSTAND, f"part of type {media!r} is not application/dicom")
     try:
-        header = read_dicom_json(payload, only=_IDENTIFYING)
+        header = read_dicom_json(payload)  # whole header: its length locates the pixel data
     except InvalidDICOMError as exc:
         raise _Refused(CANNOT_UNDERSTAND, exc.message) from None
     except Exception as exc:  # the reader must never take the request down
@@ -286,9 +286,6 @@ def _store_one(
         index.remove_file(previous.path)
     url = f"{base_url}/studies/{study}/series/{series}/instances/{sop_uid}"
     return sop_class, sop_uid, study, url
-
-
-_IDENTIFYING = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
 
 
 def _is_stowed(root: Path, path: Path) -> bool:
