@@ -70,7 +70,9 @@ HEADER_TAGS = frozenset(
         0x00283000,  # ModalityLUTSequence
     }
 )
-_PIXEL_DATA = 0x7FE00010
+#: What the fast reader is asked for: naming Pixel Data keeps it reading up to there, so
+#: that it reports where the pixel data starts (``header_length``).
+_FAST_TAGS = HEADER_TAGS | {0x7FE00010}
 _TAG = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
 
@@ -203,7 +205,7 @@ def decode_instance(payload: bytes) -> DecodedInstance:
         If the bytes are not DICOM, carry no pixel data, or cannot be decoded with the
         installed decoders; the message says which.
     """
-    head = read_dicom_json(payload, only=HEADER_TAGS)
+    head = read_dicom_json(payload, only=_FAST_TAGS)
     syntax = head.transfer_syntax_uid
     lut_sequence = bool((head.dataset.get("00283000") or {}).get("Value"))
     if (
