@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--data-dir", type=Path, default=None)
     gen.add_argument("--size", choices=["small", "default", "medium", "large"], default="default")
     gen.add_argument("--seed", type=int, default=42)
+
+    cache = sub.add_parser("cache", help="inspect or empty the retrieval cache")
+    cache.add_argument(
+        "action", choices=["info", "clear"], help="info: entries, size; clear: empty it"
+    )
+    cache.add_argument("--data-dir", type=Path, default=None, help="the cache is DATA_DIR/cache")
+    cache.add_argument("--cache-dir", type=Path, default=None, help="a cache folder elsewhere")
     return parser
 
 
@@ -78,6 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = get_settings(data_dir=args.data_dir)
             root = ensure_sandbox(settings.data_dir, size=args.size, seed=args.seed)
             print(root)
+        elif args.command == "cache":
+            from imagingkit.cache import Cache
+
+            store = Cache(args.cache_dir, settings=get_settings(data_dir=args.data_dir))
+            if args.action == "info":
+                print(store.info())
+            else:
+                print(f"removed {store.clear()} entries from {store.root}")
     except ImagingKitError as exc:
         print(f"imagingkit: error: {exc}", file=sys.stderr)
         return 2
