@@ -148,16 +148,19 @@ def qido_mix(headers: Sequence[Dataset]) -> list[str]:
 # --------------------------------------------------------------------------- measures
 
 
-def qido_per_second(server: Server, queries: Sequence[str], rounds: int) -> float:
+def qido_seconds(server: Server, queries: Sequence[str], rounds: int) -> tuple[float, ...]:
+    """Mean seconds of each query over *rounds* passes of the mix on one connection."""
     client = Client(server.dicomweb)
+    totals = [0.0] * len(queries)
     try:
-        start = time.perf_counter()
         for _ in range(rounds):
-            for target in queries:
+            for i, target in enumerate(queries):
+                start = time.perf_counter()
                 client.get(target)
-        return rounds * len(queries) / (time.perf_counter() - start)
+                totals[i] += time.perf_counter() - start
     finally:
         client.close()
+    return tuple(t / rounds for t in totals)
 
 
 def per_instance(server: Server, targets: Sequence[str], threads: int) -> tuple[float, float]:
@@ -190,6 +193,36 @@ def whole_series(server: Server, target: str, count: int) -> tuple[float, float]
     return count / elapsed, total / elapsed / 1e6
 
 
+# --------------------------------------------------------------------------- report
+
+QIDO = "QIDO mix"
+
+
+def print_tables(medians: dict[tuple[str, str], list[float]], queries: Sequence[str]) -> None:
+    """Print the summary table and the per-query QIDO table (Markdown)."""
+    ours_q, theirs_q = medians[(QIDO, "embedded")], medians[(QIDO, "Orthanc")]
+    speedups = [t / o for o, t in zip(ours_q, theirs_q, strict=True)]
+    geometric = statistics.geometric_mean(speedups)
+    print("| measure | embedded | Orthanc | embedded / Orthanc |")
+    print("|---|---|---|---|")
+    mix_ours, mix_theirs = len(queries) / sum(ours_q), len(queries) / sum(theirs_q)
+    print(
+        f"| QIDO mix, {len(queries)} searches (queries/s) | {mix_ours:,.0f} | {mix_theirs:,.0f} "
+        f"| {mix_ours / mix_theirs:.1f}× (per-search geometric mean {geometric:.1f}×) |"
+    )
+    for name in (k for k, server in medians if server == "embedded" and k != QIDO):
+        ours, theirs = medians[(name, "embedded")], medians[(name, "Orthanc")]
+        print(
+            f"| {name} | {ours[0]:,.0f} inst/s, {ours[1]:,.0f} MB/s "
+            f"| {theirs[0]:,.0f} inst/s, {theirs[1]:,.0f} MB/s | {ours[0] / theirs[0]:.2f}× |"
+        )
+    print("\n| QIDO search | embedded ms | Orthanc ms | speed-up |")
+    print("|---|---|---|---|")
+    for target, mine, other in zip(queries, ours_q, theirs_q, strict=True):
+        shown = target if len(target) <= 60 else target[:57] + "…"
+        print(f"| `{shown}` | {mine * 1e3:.1f} | {other * 1e3:.1f} | {other / mine:.1f}× |")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -220,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", default="default", help="sandbox size for the QIDO data")
     parser.add_argument("--instances", type=int, default=500, help="slices in the CT series")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs (median)")
-    parser.add_argument("--qido-rounds", type=int, default=20, help="passes over the mix")
+    parser.add_argument("--qido-rounds", type=int, default=10, help="passes over the mix")
     parser.add_argument("--threads", type=int, default=4, help="threads for concurrent GETs")
     parser.add_argument("--data-dir", type=Path, default=REPO / ".cache" / "bench-data")
     args = parser.parse_args(argv)
@@ -274,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         series_target = f"/studies/{study}/series/{series}"
 
         measures: dict[str, Callable[[Server], tuple[float, ...]]] = {
-            "QIDO mix (queries/s)": lambda s: (qido_per_second(s, queries, args.qido_rounds),),
+            QIDO: lambda s: qido_seconds(s, queries, args.qido_rounds),
             "WADO instance GETs, 1 thread": lambda s: per_instance(s, instance_targets, 1),
             f"WADO instance GETs, {args.threads} threads": lambda s: per_instance(
                 s, instance_targets, args.threads
@@ -291,25 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for server in order:
                     results.setdefault((name, server.name), []).append(measure(server))
             print(f"run {run + 1}/{args.runs} done", flush=True)
-
-        print()
-        print(
-            f"{len(headers)} instances; CT series of {len(ct)} × 512×512 int16; {_machine_note()}"
-        )
+        medians = {
+            key: [statistics.median(v) for v in zip(*runs, strict=True)]
+            for key, runs in results.items()
+        }
+        print(f"\n{len(headers)} instances, CT series of {len(ct)} × 512×512 int16")
+        print(_machine_note())
         print(f"medians of {args.runs} interleaved runs\n")
-        print("| measure | embedded | Orthanc | embedded / Orthanc |")
-        print("|---|---|---|---|")
-        for name in measures:
-            ours = [statistics.median(v) for v in zip(*results[(name, "embedded")], strict=True)]
-            theirs = [statistics.median(v) for v in zip(*results[(name, "Orthanc")], strict=True)]
-            if len(ours) == 1:
-                cells = f"{ours[0]:,.0f} q/s | {theirs[0]:,.0f} q/s"
-            else:
-                cells = (
-                    f"{ours[0]:,.0f} inst/s, {ours[1]:,.0f} MB/s | "
-                    f"{theirs[0]:,.0f} inst/s, {theirs[1]:,.0f} MB/s"
-                )
-            print(f"| {name} | {cells} | {ours[0] / theirs[0]:.2f}× |")
+        print_tables(medians, queries)
         return 0
     finally:
         if embedded is not None:
