@@ -5,20 +5,60 @@ A request carries a credential only if its origin (scheme, host, port) is mapped
 and a redirect to another origin loses the credential. Secrets never appear in ``repr``,
 logs, DataFrames, cache keys or exception messages: cache keys use
 :attr:`Credential.principal`, a non-secret name.
+
+Credentials: :class:`BearerToken` (RFC 6750), :class:`BasicAuth` (RFC 7617) and
+:class:`~imagingkit.smart.SmartBackendServices` (SMART Backend Services, re-exported here).
+
+SMART Imaging Access reuse: an ImagingStudy's Endpoint may say (extension
+``requires-access-token``) that its WADO-RS service takes the token the FHIR server
+accepted. :meth:`AuthMap.for_endpoint` decides which credential a DICOMweb request to
+that Endpoint carries, and sends the FHIR credential to another origin only when the
+user declared that origin with :meth:`AuthMap.with_reuse`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from imagingkit.errors import AuthError
 
-__all__ = ["AuthMap", "BasicAuth", "BearerToken", "Credential", "origin_of"]
+if TYPE_CHECKING:
+    from imagingkit.smart import SmartBackendServices
+
+__all__ = [
+    "REQUIRES_ACCESS_TOKEN",
+    "AuthMap",
+    "BasicAuth",
+    "BearerToken",
+    "Credential",
+    "SmartBackendServices",
+    "origin_of",
+    "requires_access_token",
+]
+
+log = logging.getLogger("imagingkit.auth")
+
+#: The SMART Imaging Access extension on an Endpoint (argonaut smart-imaging 0.1.0,
+#: ``SmartWadoEndpoint``); any extension URL ending in ``/requires-access-token`` counts.
+REQUIRES_ACCESS_TOKEN = (
+    "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+)
+
+
+def __getattr__(name: str) -> Any:
+    # SmartBackendServices lives in imagingkit.smart (it needs `cryptography`); importing
+    # it lazily keeps `import imagingkit.auth` light for code that only uses tokens.
+    if name == "SmartBackendServices":
+        from imagingkit.smart import SmartBackendServices
+
+        return SmartBackendServices
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def origin_of(url: str) -> str:
@@ -95,6 +135,30 @@ class BasicAuth:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+def requires_access_token(endpoint: Mapping[str, Any]) -> bool | None:
+    """Return the SMART Imaging Access ``requires-access-token`` flag of an Endpoint.
+
+    Parameters
+    ----------
+    endpoint : mapping
+        An Endpoint resource (contained or external), as JSON.
+
+    Returns
+    -------
+    bool or None
+        ``True``: send the token that authorised the FHIR request; ``False``: the address
+        is a capability URL, send no token; ``None``: the Endpoint does not say.
+    """
+    for extension in endpoint.get("extension") or ():
+        if not isinstance(extension, Mapping):
+            continue
+        url = str(extension.get("url", ""))
+        if url == REQUIRES_ACCESS_TOKEN or url.endswith("/requires-access-token"):
+            value = extension.get("valueBoolean")
+            return value if isinstance(value, bool) else None
+    return None
+
+
 class AuthMap:
     """Credentials keyed by origin.
 
@@ -146,8 +210,93 @@ class AuthMap:
         """Return the mapped origins."""
         return sorted(self._by_origin)
 
+    def with_reuse(self, fhir_base: str, dicomweb_base: str) -> AuthMap:
+        """Return a copy that also sends the FHIR server's credential to *dicomweb_base*.
+
+        Declare this when one token serves both services (SMART Imaging Access servers
+        whose Endpoints say ``requires-access-token``, Google Cloud Healthcare, Medplum).
+        The same credential object is shared, so a refreshing credential refreshes once
+        and both origins have one principal (one cache partition, DESIGN.md D8).
+
+        Raises
+        ------
+        AuthError
+            If no credential is mapped for *fhir_base*'s origin.
+        """
+        credential = self.credential_for(fhir_base)
+        if credential is None:
+            raise AuthError(f"no credential is mapped for {origin_of(fhir_base)}; nothing to reuse")
+        copy = AuthMap(self._by_origin)
+        copy.add(dicomweb_base, credential)
+        return copy
+
+    def for_endpoint(
+        self,
+        endpoint: Mapping[str, Any] | str,
+        fhir_base: str,
+        *,
+        requires_access_token: bool | None = None,
+    ) -> AuthMap:
+        """Return the credentials for DICOMweb requests to an ImagingStudy's Endpoint.
+
+        SMART Imaging Access (argonaut smart-imaging 0.1.0, "Retrieving images"): with
+        ``requires-access-token = false`` the address is a capability URL and gets no
+        credential; otherwise the Endpoint's origin gets the credential mapped for it,
+        which is the FHIR server's when both share an origin or when the user declared
+        the reuse with :meth:`with_reuse`. An Endpoint elsewhere never receives the FHIR
+        credential just because it asks for it (DESIGN.md D7): a warning names the origin
+        to declare if it is trusted.
+
+        Parameters
+        ----------
+        endpoint : mapping or str
+            The Endpoint resource, or just its ``address``.
+        fhir_base : str
+            The FHIR base URL the ImagingStudy came from.
+        requires_access_token : bool, optional
+            The flag, when the caller already read it; otherwise it is read from the
+            Endpoint's extension (see :func:`requires_access_token`).
+
+        Returns
+        -------
+        AuthMap
+            At most the Endpoint's origin, bound to the credential to send there. Every
+            other origin (bulk data URIs elsewhere, redirects) gets nothing.
+        """
+        if isinstance(endpoint, Mapping):
+            address = str(endpoint.get("address") or "")
+            flag = (
+                requires_access_token
+                if requires_access_token is not None
+                else _endpoint_flag(endpoint)
+            )
+        else:
+            address, flag = str(endpoint), requires_access_token
+        try:
+            origin = origin_of(address)
+        except AuthError:
+            return AuthMap()
+        if flag is False:
+            return AuthMap()
+        credential = self._by_origin.get(origin)
+        if credential is None:
+            if flag is True and self.credential_for(fhir_base) is not None:
+                log.warning(
+                    "the Endpoint at %s asks for the FHIR server's token, but that origin is "
+                    "not mapped; no credential is sent. If you trust it, use "
+                    "auth.with_reuse(%r, %r)",
+                    origin,
+                    fhir_base,
+                    origin,
+                )
+            return AuthMap()
+        return AuthMap({origin: credential})
+
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{o!r}: {type(c).__name__}({c.principal})" for o, c in self._by_origin.items()
         )
         return f"AuthMap({{{shown}}})"
+
+
+_endpoint_flag = requires_access_token  # for_endpoint's keyword argument shadows the name
