@@ -610,7 +610,7 @@ class DicomWebClient:
         *,
         frame: int | None = None,
         media_type: str = "image/png",
-        window: str | tuple[float, float] | None = None,
+        window: str | tuple[float, ...] | None = None,
         viewport: tuple[int, int] | None = None,
         quality: int | None = None,
     ) -> bytes:
@@ -622,8 +622,9 @@ class DicomWebClient:
             1-based frame of a multi-frame instance.
         media_type : str
             ``image/png`` (default), ``image/jpeg`` or ``image/gif``.
-        window : str or (center, width), optional
-            VOI window in the Modality LUT's units, e.g. ``(40, 400)``.
+        window : str or tuple, optional
+            VOI window in the Modality LUT's units: ``(center, width[, function])``,
+            e.g. ``(40, 400)``; the function defaults to ``linear``.
         viewport : (width, height), optional
             Scale to fit.
         quality : int, optional
@@ -642,7 +643,10 @@ class DicomWebClient:
         path.append("rendered")
         params: dict[str, Any] = {}
         if window is not None:
-            params["window"] = window if isinstance(window, str) else ",".join(map(str, window))
+            values = window.split(",") if isinstance(window, str) else [str(v) for v in window]
+            if len(values) == 2:  # PS3.18 §8.3.5.1.4: center,width,function
+                values.append("linear")
+            params["window"] = ",".join(v.strip() for v in values)
         if viewport is not None:
             params["viewport"] = f"{int(viewport[0])},{int(viewport[1])}"
         if quality is not None:
@@ -703,7 +707,12 @@ class DicomWebClient:
 
             found.sort(key=number)
             target.append(_result_key(found[len(found) // 2], "instance"))
-        return self.rendered(*target, media_type=media_type, viewport=(size, size))
+        try:
+            return self.rendered(*target, media_type=media_type, viewport=(size, size))
+        except DICOMwebError as exc:
+            if exc.status != 400:  # Orthanc refuses viewports larger than the image
+                raise
+        return _shrink(self.rendered(*target, media_type=media_type), size, media_type)
 
     # ------------------------------------------------------------------ volumes and bulk
 
@@ -784,3 +793,18 @@ def dataset_keywords(item: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[_keyword(tag)] = values[0] if len(values) == 1 else list(values)
     return out
+
+
+def _shrink(data: bytes, size: int, media_type: str) -> bytes:
+    """Scale an encoded image down to fit *size* × *size* (never up), re-encoded."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    if max(image.size) <= size:
+        return data
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, {"image/png": "PNG", "image/gif": "GIF"}.get(media_type, "JPEG"))
+    return out.getvalue()

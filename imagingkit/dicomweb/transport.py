@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 import requests.adapters
@@ -309,10 +310,13 @@ class Transport:
             sent["Accept"] = accept
         if bulk:
             sent.update(IDENTITY)
+        if params:
+            # Commas (lists, windows, viewports) and '*' (wildcards) stay literal: PS3.18
+            # uses them as separators, and some servers (Orthanc) do not percent-decode.
+            query = urlencode({k: v for k, v in params.items() if v is not None}, True, ",*")
+            url = f"{url}{'&' if '?' in url else '?'}{query}"
         try:
-            response = self.session.get(
-                url, params=params, headers=sent, stream=stream, timeout=self.timeout
-            )
+            response = self.session.get(url, headers=sent, stream=stream, timeout=self.timeout)
         except requests.Timeout as exc:
             raise DICOMwebError(
                 f"no answer within {self.settings.timeout:g} s (Settings.timeout)", url=url
