@@ -92,7 +92,7 @@ def ct_instance(
     hu = hu_slice(k)
     ds.PixelData = (hu.astype(np.int32) + 1024).astype(np.uint16).tobytes()
     if syntax != ExplicitVRLittleEndian:
-        ds.compress(syntax)
+        ds.compress(syntax, generate_instance_uid=False)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue(), sop, position
