@@ -50,6 +50,7 @@ __all__ = [
     "load_private_key",
     "public_jwk",
     "sign_jwt",
+    "unverified_claims",
     "verify_jwt",
 ]
 
@@ -301,6 +302,28 @@ def _verify_signature(public: PublicKey, alg: str, data: bytes, signature: bytes
     except InvalidSignature:
         return False
     return False
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """Return a compact JWS's claims *without* checking its signature.
+
+    Only for choosing which keys to verify with (the ``iss`` of a client assertion);
+    trust nothing in it until :func:`verify_jwt` succeeds.
+
+    Raises
+    ------
+    AuthError
+        If the token is not a compact JWS with a JSON object payload.
+    """
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise AuthError("the JWT is not in compact serialisation (header.payload.signature)")
+    try:
+        claims = json.loads(_b64url_decode(token.split(".")[1], "the JWT payload"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AuthError("the JWT payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise AuthError("the JWT payload must be a JSON object")
+    return claims
 
 
 def verify_jwt(

@@ -1,0 +1,569 @@
+"""The sandbox's authorization server for SMART Backend Services (``imagingkit serve --auth``).
+
+:class:`AuthServer` is an app component mounted at ``/auth``:
+
+====================================================  =====================================
+``POST /auth/token``                                  token endpoint (client_credentials)
+``GET  /auth/``, ``/fhir/.well-known/smart-configuration``  SMART discovery document
+====================================================  =====================================
+
+A client authenticates with a JWT it signs with its private key (``private_key_jwt``,
+RFC 7523 §2.2; SMART App Launch 2.2 Backend Services). The endpoint checks, in order:
+``grant_type=client_credentials``; ``client_assertion_type`` is the JWT-bearer URN; the
+assertion's ``iss`` is a registered client and ``sub`` equals it; the signature verifies
+with one of the client's registered public keys (``RS384`` or ``ES384``, selected by
+``kid``); ``aud`` is this token endpoint's URL as the client reached it; ``exp`` is in the
+future and at most five minutes (plus one minute of clock skew) away; ``jti`` was never
+seen before (replays are refused until the assertion expires). Failures answer 400 with
+an OAuth error object (RFC 6749 §5.2): ``invalid_request``, ``invalid_client``,
+``invalid_scope`` or ``unsupported_grant_type`` with an ``error_description``.
+
+Clients are registered in a JSON file (``--auth FILE``)::
+
+    {"clients": [
+      {"client_id": "pacs-sync", "patients": "*", "scope": "system/*.cruds",
+       "jwks": {"keys": [{"kty": "EC", "crv": "P-384", "x": "…", "y": "…", "kid": "…"}]}},
+      {"client_id": "study-app", "patients": ["pat-1"], "scope": "patient/*.rs system/*.rs",
+       "jwks": {"keys": […]}}
+    ]}
+
+``patients`` is ``"*"`` (every patient) or the Patient ids the client is pre-authorised
+for; ``scope`` is the most it may ask for. A client with a patient list may only read and
+search; its ``patient/…`` scopes need exactly one patient, which the token response
+names as the ``patient`` context. ``system/…`` and ``patient/…`` scopes are never granted
+together. Without a file, ``--auth`` generates a registry and the clients' private keys in
+``DATA_DIR/auth/<store>/`` (see :meth:`AuthServer.for_sandbox`). Issued tokens are opaque,
+live :attr:`AuthServer.token_lifetime` seconds (300 by default) and are what the guards of
+:mod:`imagingkit.sandbox.authz` check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from imagingkit.errors import AuthError, InvalidInputError, SandboxError
+from imagingkit.sandbox.authz import (
+    Grant,
+    Scope,
+    TokenStore,
+    parse_scopes,
+    protect,
+    valid_patient_id,
+)
+from imagingkit.server.app import Component, RouteList
+from imagingkit.server.base import BaseHandler
+from imagingkit.smart import (
+    ALGORITHMS,
+    CLIENT_ASSERTION_TYPE,
+    MAX_ASSERTION_LIFETIME,
+    generate_private_key,
+    public_jwk,
+    unverified_claims,
+    verify_jwt,
+)
+
+__all__ = ["AuthServer", "ClientRegistry", "RegisteredClient", "TokenIssuer"]
+
+log = logging.getLogger("imagingkit.sandbox.auth")
+
+#: Clock skew tolerated on ``exp`` (seconds).
+CLOCK_SKEW = 60
+_SMART_IMAGING = "http://fhir.org/argonaut/smart-imaging/capabilities/backend-services"
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RegisteredClient:
+    """A backend client the sandbox knows.
+
+    Attributes
+    ----------
+    client_id : str
+    jwks : tuple of dict
+        Its public keys (RFC 7517 JWK Set ``keys``).
+    scopes : tuple of Scope
+        The most it may be granted.
+    patients : frozenset of str or None
+        The Patients it is pre-authorised for (``None``: all).
+    """
+
+    client_id: str
+    jwks: tuple[Mapping[str, Any], ...]
+    scopes: tuple[Scope, ...]
+    patients: frozenset[str] | None
+
+    @classmethod
+    def from_json(cls, item: Any, where: str) -> RegisteredClient:
+        """Read one ``clients[]`` entry; *where* names it in error messages.
+
+        Raises
+        ------
+        SandboxError
+            Naming the entry and the bad field.
+        """
+        if not isinstance(item, Mapping):
+            raise SandboxError(f"{where}: a client must be a JSON object")
+        client_id = item.get("client_id")
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise SandboxError(f"{where}: client_id must be a non-empty string")
+        keys = (item.get("jwks") or {}).get("keys") if isinstance(item.get("jwks"), dict) else None
+        if not isinstance(keys, list) or not keys:
+            raise SandboxError(f"{where} ({client_id}): jwks must hold a non-empty 'keys' list")
+        for key in keys:
+            if not isinstance(key, Mapping) or any(k in key for k in ("d", "p", "q")):
+                raise SandboxError(
+                    f"{where} ({client_id}): jwks must hold public keys only (found a private key)"
+                )
+        try:
+            scopes, _ = parse_scopes(str(item.get("scope", "")))
+        except InvalidInputError as exc:
+            raise SandboxError(f"{where} ({client_id}): {exc}") from None
+        if not scopes:
+            raise SandboxError(f"{where} ({client_id}): scope names no resource scope")
+        raw_patients = item.get("patients")
+        patients: frozenset[str] | None
+        if raw_patients == "*":
+            patients = None
+        elif isinstance(raw_patients, list) and raw_patients:
+            bad = [p for p in raw_patients if not isinstance(p, str) or not valid_patient_id(p)]
+            if bad:
+                raise SandboxError(f"{where} ({client_id}): {bad[0]!r} is not a Patient id")
+            patients = frozenset(raw_patients)
+            writes = [s for s in scopes if s.permissions & set("cud")]
+            if writes:
+                raise SandboxError(
+                    f"{where} ({client_id}): {writes[0]} — a client limited to some patients "
+                    "may only read and search (use r and s)"
+                )
+        else:
+            raise SandboxError(
+                f'{where} ({client_id}): patients must be "*" or a non-empty list of Patient ids'
+            )
+        return cls(client_id, tuple(dict(k) for k in keys), tuple(scopes), patients)
+
+    def to_json(self) -> dict[str, Any]:
+        """The registry entry of this client."""
+        return {
+            "client_id": self.client_id,
+            "patients": "*" if self.patients is None else sorted(self.patients),
+            "scope": " ".join(str(s) for s in self.scopes),
+            "jwks": {"keys": [dict(k) for k in self.jwks]},
+        }
+
+
+class ClientRegistry:
+    """The registered backend clients, by id.
+
+    Parameters
+    ----------
+    clients : iterable of RegisteredClient
+    """
+
+    def __init__(self, clients: Iterable[RegisteredClient]) -> None:
+        self._clients: dict[str, RegisteredClient] = {}
+        for client in clients:
+            if client.client_id in self._clients:
+                raise SandboxError(f"client {client.client_id!r} is registered twice")
+            self._clients[client.client_id] = client
+
+    @classmethod
+    def from_file(cls, path: Path) -> ClientRegistry:
+        """Read a registry file (format in the module docstring).
+
+        Raises
+        ------
+        SandboxError
+            If the file is missing, not JSON, or an entry is malformed (named).
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SandboxError(f"cannot read the client registry {str(path)!r}: {exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SandboxError(f"the client registry {str(path)!r} is not JSON: {exc}") from None
+        clients = data.get("clients") if isinstance(data, dict) else None
+        if not isinstance(clients, list):
+            raise SandboxError(f"the client registry {str(path)!r} needs a 'clients' list")
+        return cls(
+            RegisteredClient.from_json(item, f"{Path(path).name} clients[{i}]")
+            for i, item in enumerate(clients)
+        )
+
+    def get(self, client_id: str) -> RegisteredClient | None:
+        """The client registered under *client_id*, or None."""
+        return self._clients.get(client_id)
+
+    def __iter__(self) -> Any:
+        return iter(self._clients.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The registry as the JSON of a registry file."""
+        return {"clients": [c.to_json() for c in self._clients.values()]}
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def generate_registry(folder: Path, patient_ids: Sequence[str]) -> ClientRegistry:
+    """Create a demonstration registry and its clients' private keys in *folder*.
+
+    Clients: ``imagingkit-system`` (every patient, ``system/*.cruds``) and, for each of
+    *patient_ids*, ``imagingkit-patient-<n>`` (that patient only, ``patient/*.rs`` and
+    ``system/*.rs``). Each private key is ``<client_id>.pem`` (mode 0600, ES384); the
+    registry is ``clients.json``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    clients = []
+    plan: list[tuple[str, frozenset[str] | None, str]] = [
+        ("imagingkit-system", None, "system/*.cruds")
+    ]
+    plan += [
+        (f"imagingkit-patient-{n}", frozenset({pid}), "patient/*.rs system/*.rs")
+        for n, pid in enumerate(patient_ids, start=1)
+    ]
+    for client_id, patients, scope in plan:
+        pem = generate_private_key("ES384")
+        _write_private(folder / f"{client_id}.pem", pem)
+        scopes, _ = parse_scopes(scope)
+        clients.append(RegisteredClient(client_id, (public_jwk(pem),), tuple(scopes), patients))
+    registry = ClientRegistry(clients)
+    tmp = folder / "clients.json.tmp"
+    tmp.write_text(json.dumps(registry.to_json(), indent=2), encoding="utf-8")
+    tmp.replace(folder / "clients.json")
+    return registry
+
+
+# --------------------------------------------------------------------------- issuing
+
+
+class _Refusal(Exception):
+    """An OAuth error response (RFC 6749 §5.2)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+class TokenIssuer:
+    """Checks token requests and issues tokens (the logic of ``POST /auth/token``).
+
+    Parameters
+    ----------
+    registry : ClientRegistry
+    tokens : TokenStore
+    token_lifetime : float
+        Seconds an access token lives.
+    clock : callable
+        Returns epoch seconds (for tests).
+    """
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        tokens: TokenStore,
+        *,
+        token_lifetime: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.tokens = tokens
+        self.token_lifetime = float(token_lifetime)
+        self.clock = clock
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def token_response(self, form: Mapping[str, str], token_url: str) -> dict[str, Any]:
+        """Answer a token request (its form fields) made at *token_url*.
+
+        Returns
+        -------
+        dict
+            The RFC 6749 §5.1 response: ``access_token``, ``token_type``, ``expires_in``,
+            ``scope`` and, for a patient context, ``patient``.
+
+        Raises
+        ------
+        _Refusal
+            With the OAuth ``error`` code and a description.
+        """
+        if form.get("grant_type") != "client_credentials":
+            raise _Refusal(
+                "unsupported_grant_type",
+                f"grant_type {form.get('grant_type')!r} is not supported; use client_credentials",
+            )
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            raise _Refusal(
+                "invalid_request", f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}"
+            )
+        assertion = form.get("client_assertion")
+        if not assertion:
+            raise _Refusal("invalid_request", "client_assertion is missing")
+        client = self._authenticate(assertion, token_url, form.get("client_id"))
+        grant = self._grant(client, form.get("scope", ""))
+        token = self.tokens.issue(grant)
+        log.info("token for client %s (scope %s)", client.client_id, grant.scope_text)
+        response: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": int(self.token_lifetime),
+            "scope": grant.scope_text,
+        }
+        if grant.patient is not None:
+            response["patient"] = grant.patient
+        return response
+
+    def _authenticate(
+        self, assertion: str, token_url: str, form_client_id: str | None
+    ) -> RegisteredClient:
+        try:
+            claimed = unverified_claims(assertion)
+        except AuthError as exc:
+            raise _Refusal("invalid_client", exc.message) from None
+        issuer = claimed.get("iss")
+        client = self.registry.get(issuer) if isinstance(issuer, str) else None
+        if client is None:
+            raise _Refusal("invalid_client", f"client {issuer!r} is not registered")
+        if form_client_id is not None and form_client_id != client.client_id:
+            raise _Refusal("invalid_client", "client_id does not match the assertion's iss")
+        try:
+            _, claims = verify_jwt(assertion, client.jwks, algorithms=ALGORITHMS)
+        except AuthError as exc:
+            raise _Refusal("invalid_client", exc.message) from None
+        if claims.get("sub") != client.client_id:
+            raise _Refusal("invalid_client", "the assertion's sub must equal its iss")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if token_url not in audiences:
+            raise _Refusal("invalid_client", f"the assertion's aud must be {token_url}")
+        now = self.clock()
+        exp = claims.get("exp")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise _Refusal("invalid_client", "the assertion has no numeric exp")
+        if exp <= now:
+            raise _Refusal("invalid_client", "the assertion has expired")
+        if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
+            raise _Refusal(
+                "invalid_client", "the assertion's exp is more than five minutes in the future"
+            )
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise _Refusal("invalid_client", "the assertion has no jti")
+        with self._lock:
+            for key in [k for k, until in self._seen.items() if until <= now]:
+                del self._seen[key]
+            if (client.client_id, jti) in self._seen:
+                raise _Refusal("invalid_client", "this assertion's jti was already used (replay)")
+            self._seen[(client.client_id, jti)] = float(exp)
+        return client
+
+    def _grant(self, client: RegisteredClient, scope_text: str) -> Grant:
+        try:
+            requested, _ = parse_scopes(scope_text)
+        except InvalidInputError as exc:
+            raise _Refusal("invalid_scope", exc.message) from None
+        if not requested:
+            raise _Refusal("invalid_scope", "scope names no resource scope (e.g. system/*.rs)")
+        contexts = {s.context for s in requested}
+        if len(contexts) > 1:
+            raise _Refusal(
+                "invalid_scope", "patient/ and system/ scopes cannot be granted together"
+            )
+        if "user" in contexts:
+            raise _Refusal("invalid_scope", "user/ scopes need a user; backend clients have none")
+        granted = tuple(s for s in requested if any(r.covers(s) for r in client.scopes))
+        if not granted:
+            raise _Refusal(
+                "invalid_scope",
+                f"client {client.client_id} may not be granted {scope_text.strip()!r}",
+            )
+        patient = None
+        if "patient" in contexts:
+            if client.patients is None or len(client.patients) != 1:
+                raise _Refusal(
+                    "invalid_scope",
+                    "patient/ scopes need one patient context; this client has none",
+                )
+            (patient,) = client.patients
+        return Grant(
+            client_id=client.client_id,
+            scopes=granted,
+            patients=client.patients,
+            patient=patient,
+            expires_at=self.clock() + self.token_lifetime,
+        )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+class _TokenHandler(BaseHandler):
+    cors_methods = "POST, OPTIONS"
+
+    def initialize(self, issuer: TokenIssuer) -> None:
+        self.issuer = issuer
+
+    def post(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Pragma", "no-cache")
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        try:
+            if ctype != "application/x-www-form-urlencoded":
+                raise _Refusal(
+                    "invalid_request", "send the request as application/x-www-form-urlencoded"
+                )
+            try:
+                pairs = parse_qsl(self.request.body.decode("utf-8"), keep_blank_values=True)
+            except UnicodeDecodeError:
+                raise _Refusal("invalid_request", "the request body is not UTF-8") from None
+            form: dict[str, str] = {}
+            for name, value in pairs:
+                if name in form:  # RFC 6749 §3.2: parameters MUST NOT repeat
+                    raise _Refusal("invalid_request", f"parameter {name!r} is repeated")
+                form[name] = value
+            url = f"{self.request.protocol}://{self.request.host}{self.request.path}"
+            answer = self.issuer.token_response(form, url)
+        except _Refusal as refusal:
+            log.info("token request refused: %s (%s)", refusal.error, refusal.description)
+            self.set_status(400)
+            answer = {"error": refusal.error, "error_description": refusal.description}
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(answer))
+
+
+class _SmartConfigurationHandler(BaseHandler):
+    cors_methods = "GET, OPTIONS"
+
+    def initialize(self, auth_prefix: str, fhir_prefix: str, scopes: list[str]) -> None:
+        self.auth_prefix = auth_prefix
+        self.fhir_prefix = fhir_prefix
+        self.scopes = scopes
+
+    def get(self) -> None:
+        origin = f"{self.request.protocol}://{self.request.host}"
+        document = {
+            "issuer": f"{origin}{self.auth_prefix}",
+            "token_endpoint": f"{origin}{self.auth_prefix}/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+            "scopes_supported": self.scopes,
+            "capabilities": [
+                "client-confidential-asymmetric",
+                "permission-v1",
+                "permission-v2",
+                "smart-imaging-access",
+                _SMART_IMAGING,
+            ],
+            "associated_endpoints": [
+                {"url": f"{origin}{self.fhir_prefix}", "capabilities": ["smart-imaging-access"]}
+            ],
+        }
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(document))
+
+
+# --------------------------------------------------------------------------- component
+
+
+class AuthServer:
+    """The sandbox's SMART Backend Services authorization server (a server Component).
+
+    Parameters
+    ----------
+    registry : ClientRegistry
+        The clients it knows.
+    token_lifetime : float
+        Seconds an access token lives (SMART recommends at most 300).
+    fhir_mount : str
+        Where the FHIR store is mounted; the discovery document is also served at
+        ``{fhir}/.well-known/smart-configuration`` (SMART App Launch 2.2 §2.1).
+
+    Examples
+    --------
+    >>> server = AuthServer(ClientRegistry.from_file(path))       # doctest: +SKIP
+    >>> components = server.protect([dicomweb_store, fhir_store])  # doctest: +SKIP
+    """
+
+    mount = "auth"
+
+    def __init__(
+        self, registry: ClientRegistry, *, token_lifetime: float = 300.0, fhir_mount: str = "fhir"
+    ) -> None:
+        self.registry = registry
+        self.tokens = TokenStore()
+        self.token_lifetime = float(token_lifetime)
+        self.issuer = TokenIssuer(registry, self.tokens, token_lifetime=token_lifetime)
+        self.fhir_mount = fhir_mount
+
+    @classmethod
+    def for_sandbox(
+        cls,
+        folder: Path,
+        patient_ids: Callable[[], Sequence[str]],
+        *,
+        clients: Path | None = None,
+        token_lifetime: float = 300.0,
+    ) -> AuthServer:
+        """The server for ``imagingkit serve --auth [FILE]``.
+
+        Parameters
+        ----------
+        folder : Path
+            Where a generated registry lives (``DATA_DIR/auth/<store>``); reused when
+            ``clients.json`` is already there.
+        patient_ids : callable
+            Returns the (two) Patient ids the generated per-patient clients are for.
+        clients : Path, optional
+            A registry file to use instead of the generated one.
+        """
+        if clients is not None:
+            return cls(ClientRegistry.from_file(clients), token_lifetime=token_lifetime)
+        registry_file = Path(folder) / "clients.json"
+        if registry_file.is_file():
+            return cls(ClientRegistry.from_file(registry_file), token_lifetime=token_lifetime)
+        registry = generate_registry(Path(folder), list(patient_ids()))
+        log.warning("generated SMART backend clients and their keys in %s", folder)
+        return cls(registry, token_lifetime=token_lifetime)
+
+    def routes(self, prefix: str) -> RouteList:
+        """The token endpoint and discovery documents (*prefix* is ``{base}auth``)."""
+        prefix = prefix.rstrip("/")
+        base = prefix[: -len(self.mount)] if prefix.endswith(self.mount) else prefix + "/"
+        fhir_prefix = f"{base}{self.fhir_mount}"
+        scopes = sorted({str(s) for client in self.registry for s in client.scopes})
+        discovery = {"auth_prefix": prefix, "fhir_prefix": fhir_prefix, "scopes": scopes}
+        return [
+            (rf"{prefix}/token", _TokenHandler, {"issuer": self.issuer}),
+            (rf"{prefix}/?", _SmartConfigurationHandler, discovery),
+            (
+                rf"{fhir_prefix}/\.well-known/smart-configuration",
+                _SmartConfigurationHandler,
+                discovery,
+            ),
+        ]
+
+    def protect(self, components: Sequence[Component]) -> list[Component]:
+        """This server first, then *components* with their FHIR and DICOMweb stores guarded.
+
+        (First: tornado takes the first matching route, and the FHIR store answers every
+        other path below ``/fhir``.)
+        """
+        return [self, *protect(components, self.tokens)]
+
+    def __repr__(self) -> str:
+        return f"AuthServer({len(list(self.registry))} clients, {self.tokens!r})"
