@@ -64,6 +64,7 @@ import tornado.ioloop
 from imagingkit.config import Settings
 from imagingkit.dicomjson import DicomJson
 from imagingkit.errors import InvalidDateError, InvalidDICOMError, InvalidQueryError
+from imagingkit.sandbox import authz
 from imagingkit.sandbox.dicom_index import (
     INDEXED_ATTRIBUTES,
     LEVEL_TAGS,
@@ -897,6 +898,7 @@ class QidoHandler(BaseHandler):
             _check_uid(series_uid, "SeriesInstanceUID")
         base = self.base_url()
         query = parse_query(self.level, args, max_limit=self.config.max_query_limit, service=base)
+        query.conditions += [_Condition("study", *f) for f in authz.qido_filters(self)]  # --auth
         loop = tornado.ioloop.IOLoop.current()
         result = await loop.run_in_executor(None, self._search, query, base, study_uid, series_uid)
         if result.more:

@@ -38,6 +38,7 @@ import tornado.ioloop
 import tornado.web
 
 from imagingkit.errors import ImagingKitError, InvalidInputError
+from imagingkit.sandbox import authz
 from imagingkit.sandbox.fhir.bundle import process_bundle
 from imagingkit.sandbox.fhir.capability import capability_statement
 from imagingkit.sandbox.fhir.dates import now_instant
@@ -132,6 +133,7 @@ class FhirHandler(BaseHandler):
 
     def send_json(self, status: int, body: dict[str, Any] | None) -> None:
         """Write *body* as FHIR JSON with *status*."""
+        body = authz.screen_fhir_body(self, body)  # --auth: only what the token may read
         self.set_status(status)
         if body is None:
             self.finish()
@@ -235,10 +237,11 @@ class _HistoryHandler(FhirHandler):
 
 class _TypeHandler(FhirHandler):
     async def get(self, type_: str) -> None:
+        params = authz.scope_fhir_search(self, type_, self.query_params())  # --auth scoping
         response = await self.run(
             self.interactions.search,
             type_,
-            self.query_params(),
+            params,
             self.urls,
             strict=self.strict,
             raw=True,
@@ -285,7 +288,7 @@ class _SearchHandler(FhirHandler):
             form = parse_qsl(self.request.body.decode("utf-8"), keep_blank_values=True)
         except UnicodeDecodeError:
             raise InvalidInputError("the _search body is not UTF-8") from None
-        params = self.query_params() + form
+        params = authz.scope_fhir_search(self, type_, self.query_params() + form)  # --auth
         response = await self.run(
             self.interactions.search, type_, params, self.urls, strict=self.strict, raw=True
         )
