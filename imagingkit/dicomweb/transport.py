@@ -349,8 +349,11 @@ class Transport:
             if response.headers.get("Content-Encoding", "identity").lower() != "identity":
                 yield from response.iter_content(chunk_size)
                 return
+            # read1: whatever has arrived, up to chunk_size, so that parts are parsed
+            # while the rest is still on the wire
+            read = getattr(raw, "read1", raw.read)
             while True:
-                chunk = raw.read(chunk_size)
+                chunk = read(chunk_size)
                 if not chunk:
                     return
                 yield chunk
