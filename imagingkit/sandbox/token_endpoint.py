@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from imagingkit.errors import AuthError, InvalidInputError, SandboxError
@@ -70,6 +70,9 @@ from imagingkit.smart import (
     unverified_claims,
     verify_jwt,
 )
+
+if TYPE_CHECKING:
+    from imagingkit.sandbox.fhir.store import FhirStore
 
 __all__ = ["AuthServer", "ClientRegistry", "RegisteredClient", "TokenIssuer"]
 
@@ -514,7 +517,7 @@ class AuthServer:
     def for_sandbox(
         cls,
         folder: Path,
-        patient_ids: Callable[[], Sequence[str]],
+        fhir: FhirStore,
         *,
         clients: Path | None = None,
         token_lifetime: float = 300.0,
@@ -526,8 +529,9 @@ class AuthServer:
         folder : Path
             Where a generated registry lives (``DATA_DIR/auth/<store>``); reused when
             ``clients.json`` is already there.
-        patient_ids : callable
-            Returns the (two) Patient ids the generated per-patient clients are for.
+        fhir : FhirStore
+            The served FHIR store; the generated per-patient clients are for its first
+            two Patients (by id).
         clients : Path, optional
             A registry file to use instead of the generated one.
         """
@@ -536,7 +540,11 @@ class AuthServer:
         registry_file = Path(folder) / "clients.json"
         if registry_file.is_file():
             return cls(ClientRegistry.from_file(registry_file), token_lifetime=token_lifetime)
-        registry = generate_registry(Path(folder), list(patient_ids()))
+        page = fhir.search(
+            "Patient", [("_sort", "_id"), ("_count", "2")], base_url="http://sandbox.invalid/fhir"
+        )
+        patient_ids = [e["resource"]["id"] for e in page.get("entry", []) if "resource" in e]
+        registry = generate_registry(Path(folder), patient_ids)
         log.warning("generated SMART backend clients and their keys in %s", folder)
         return cls(registry, token_lifetime=token_lifetime)
 
