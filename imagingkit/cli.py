@@ -44,6 +44,18 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve a built OHIF viewer (dist/ of npm @ohif/app) at /ohif/",
     )
 
+    serve.add_argument(
+        "--auth",
+        nargs="?",
+        const=True,
+        default=False,
+        type=Path,
+        metavar="CLIENTS",
+        help="require SMART Backend Services tokens from /auth/token, limited to each "
+        "client's patients; CLIENTS is a registry JSON file (default: clients and keys "
+        "generated in DATA_DIR/auth/)",
+    )
+
     gen = sub.add_parser("generate", help="generate the sandbox data without serving it")
     gen.add_argument("--data-dir", type=Path, default=None)
     gen.add_argument("--size", choices=["small", "default", "medium", "large"], default="default")
@@ -77,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size=args.size,
                 seed=args.seed,
                 ohif=args.ohif,
+                auth=args.auth,
             )
             serve(components, host=settings.host, port=args.port, base_url=args.base_url)
         elif args.command == "generate":

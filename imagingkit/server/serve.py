@@ -35,6 +35,7 @@ def build_components(
     size: str = "default",
     seed: int = 42,
     ohif: Path | None = None,
+    auth: bool | Path = False,
 ) -> list[Component]:
     """Create the served components for the chosen data source.
 
@@ -53,6 +54,11 @@ def build_components(
     ohif : Path, optional
         A built OHIF app (``dist/`` of npm ``@ohif/app``) to serve at ``/ohif/`` as the
         IID facade's default viewer.
+    auth : bool or Path
+        ``True`` or a client registry file: serve a SMART Backend Services token endpoint
+        at ``/auth/`` and make the FHIR and DICOMweb stores answer only to its tokens,
+        each limited to its patients (:mod:`imagingkit.sandbox.token_endpoint`). With
+        ``True`` the clients and their keys are generated in ``DATA_DIR/auth/<store>/``.
 
     Returns
     -------
@@ -84,6 +90,12 @@ def build_components(
     populate_fhir_store(fhir, store.index)  # the clinical record / DICOMcast-like sync
     iid = IidFacade(timeout=settings.timeout, ohif=ohif_app is not None)
     components: list[Component] = [store, fhir, iid, BuiltinViewer(), FhircastHub()]
+    if auth:
+        from imagingkit.sandbox.token_endpoint import AuthServer
+
+        clients = None if auth is True else Path(auth)
+        folder = Path(settings.data_dir) / "auth" / fhir_name
+        components = AuthServer.for_sandbox(folder, fhir, clients=clients).protect(components)
     if ohif_app is not None:  # last: it answers file paths at the root
         ohif_app.reserved = tuple(c.mount for c in components)
         components.append(ohif_app)
