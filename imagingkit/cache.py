@@ -57,7 +57,7 @@ import xxhash
 from imagingkit.config import Settings, get_settings
 from imagingkit.errors import ConfigError, InvalidInputError
 
-__all__ = ["DEFAULT_MAX_BYTES", "ArrayWriter", "Cache", "CacheInfo", "CacheKey"]
+__all__ = ["DEFAULT_MAX_BYTES", "ArrayWriter", "Cache", "CacheInfo", "CacheKey", "write_durably"]
 
 log = logging.getLogger("imagingkit.cache")
 
@@ -453,13 +453,8 @@ class Cache:
         hasher.update(meta_bytes)
         footer = _FOOTER.pack(_MAGIC, view.nbytes, len(meta_bytes), hasher.digest())
         temp = self._temp_path()
+        write_durably(temp, view, meta_bytes, footer)
         try:
-            with open(temp, "wb") as f:
-                f.write(view)
-                f.write(meta_bytes)
-                f.write(footer)
-                f.flush()
-                os.fsync(f.fileno())
             self._install(temp, key)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -607,6 +602,23 @@ class Cache:
                 with contextlib.suppress(OSError):
                     path.unlink()
         return bad
+
+
+def write_durably(path: Path, *chunks: bytes | bytearray | memoryview) -> None:
+    """Write *chunks* to a new file *path* and ``fsync`` it; on failure remove it.
+
+    The first half of an atomic write: the caller renames *path* into place.
+    """
+    try:
+        with open(path, "xb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
 
 
 class _Corrupt(Exception):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pandas as pd
 
+from imagingkit.cache import write_durably
 from imagingkit.dicomjson import read_dicom_json
 from imagingkit.errors import ImagingKitError, InvalidInputError
 
@@ -352,13 +353,10 @@ def fetch_thumbnails(
 
 def _write_atomic(path: Path, payload: bytes) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    write_durably(temp, payload)
     try:
-        with open(temp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except OSError:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
