@@ -20,6 +20,8 @@ LAB_PORT ?= 8888
 SIZE ?= default
 PYTEST_ARGS ?=
 DEMO_LOG := .cache/demo/serve.log
+# Jupyter refuses to run as root unless told (containers, CI machines)
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help demo test
 
@@ -54,9 +56,9 @@ demo: $(VENV)/.lab.stamp
 	if ! grep -q '^imagingkit ready on' $(DEMO_LOG); then
 		cat $(DEMO_LOG); echo "imagingkit serve was not ready after 180 s"; exit 1
 	fi
-	cat $(DEMO_LOG)
+	grep -A 20 '^imagingkit ready on' $(DEMO_LOG) | grep -E '^(imagingkit ready on|  [a-z])'
 	echo "Starting JupyterLab; Ctrl-C stops it and the sandbox."
-	$(BIN)/jupyter lab -y --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) notebooks/
+	$(BIN)/jupyter lab -y --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) notebooks/
 
 test: $(VENV)/.test.stamp
 	$(BIN)/ruff check .
