@@ -17,8 +17,10 @@ import math
 import os
 import shutil
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -491,7 +493,7 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(
         ensure_sandbox(tmp_path, size="small", seed=7)
     sandbox = tmp_path / "sandbox"
     assert not sandbox_path(tmp_path, "small", 7).exists()
-    assert list(sandbox.iterdir()) == []
+    assert [p for p in sandbox.iterdir() if p.is_dir()] == []
 
 
 def test_abandoned_and_outdated_folders_are_replaced(
@@ -522,6 +524,24 @@ def test_abandoned_and_outdated_folders_are_replaced(
     assert ensure_sandbox(tmp_path, size="small", seed=7) == final
     assert len(calls) == 1
     shutil.rmtree(ours)
+
+
+def test_concurrent_callers_generate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def slow(root: Path, plan: Any, *, workers: int | None = None) -> dict[str, Any]:
+        calls.append(root)
+        root.mkdir(parents=True)
+        time.sleep(0.3)  # long enough for the other caller to arrive
+        manifest = {"seed": plan.seed, "size": plan.size, "generator": GENERATOR_VERSION}
+        (root / "cohort.json").write_text(json.dumps(manifest))
+        return manifest
+
+    monkeypatch.setattr(generate_module, "generate_cohort", slow)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        roots = list(pool.map(lambda _: ensure_sandbox(tmp_path, size="small", seed=9), range(3)))
+    assert roots == [sandbox_path(tmp_path, "small", 9)] * 3
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize(

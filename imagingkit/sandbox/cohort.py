@@ -115,7 +115,7 @@ class Detail:
 
 
 COMPACT = Detail(128, 10.0, 128, 12, 512, 0.4, (192, 256), 8, 64)
-STANDARD = Detail(256, 5.0, 256, 18, 1024, 0.3, (384, 512), 20, 128)
+STANDARD = Detail(256, 5.0, 256, 16, 1024, 0.3, (384, 512), 16, 128)
 
 
 @dataclass(frozen=True)
@@ -485,7 +485,7 @@ class _Planner:
                 center=geom["center"],
             )
             count = d.mr_slices
-            ts = self.syntax("mr", {1: TransferSyntax.JPEG2000_LOSSLESS}, 2)
+            ts = self.syntax("mr", _HALF_COMPRESSED, 4)
         elif kind == "cr_chest":
             sop, has_for = SOPClass.CR, False
             params.update(matrix=d.cr_matrix, pixel=430.0 / d.cr_matrix)
@@ -548,7 +548,7 @@ _HALF_COMPRESSED = {1: TransferSyntax.JPEG2000_LOSSLESS, 3: TransferSyntax.RLE}
 
 # Acquisition geometry in patient coordinates (mm): field of view, z range, in-plane centre.
 _CT_GEOMETRY: dict[str, dict[str, Any]] = {
-    "ct_chest": {"fov": 380.0, "z": (-240.0, 40.0), "center": (0.0, 15.0)},
+    "ct_chest": {"fov": 380.0, "z": (-235.0, 35.0), "center": (0.0, 15.0)},
     "ct_abdomen": {"fov": 400.0, "z": (-430.0, -170.0), "center": (0.0, 20.0)},
     "ct_wholebody": {"fov": 500.0, "z": (-580.0, 80.0), "center": (0.0, 20.0)},
     "ct_head": {"fov": 240.0, "z": (-60.0, 100.0), "center": (0.0, 0.0)},
@@ -557,9 +557,9 @@ _MR_GEOMETRY: dict[str, dict[str, Any]] = {
     "mr_brain": {
         "fov": 230.0,
         "thickness": 5.0,
-        "gap": 1.0,
+        "gap": 2.5,
         "plane": "axial",
-        "center": (0.0, 0.0, 15.0),
+        "center": (0.0, 0.0, 10.0),
     },
     "mr_knee": {
         "fov": 160.0,

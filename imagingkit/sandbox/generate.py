@@ -19,6 +19,7 @@ generator from its UID, so the output is byte-identical whatever the scheduling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -26,7 +27,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def ensure_sandbox(data_dir: Path, *, size: str = "default", seed: int = 42) -> 
     data_dir : pathlib.Path
         imagingkit's data directory; the files go to ``data_dir/sandbox/<size>-seed<seed>``.
     size : str
-        ``small`` (tests: 9 patients, 14 studies, every modality), ``default`` (≥ 40
+        ``small`` (tests: 9 patients, 20 studies, every modality), ``default`` (≥ 40
         patients, ≥ 80 studies, Binder-sized), ``medium`` or ``large`` (≥ 20,000 instances).
     seed : int
         The same seed always gives byte-identical files.
@@ -91,17 +92,36 @@ def ensure_sandbox(data_dir: Path, *, size: str = "default", seed: int = 42) -> 
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SandboxError(f"cannot create the sandbox folder {str(base)!r}: {exc}") from exc
-    _remove_abandoned(base, final.name)
-    tmp = base / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
-    try:
-        generate_cohort(tmp, plan, workers=1 if size == "small" else None)
-        _install(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _exclusive(base / f".{final.name}.lock"):
+        if _is_current(final):  # another process generated it while we waited
+            return final
+        _remove_abandoned(base, final.name)
+        tmp = base / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        try:
+            generate_cohort(tmp, plan, workers=1 if size == "small" else None)
+            _install(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log.info("sandbox %s generated in %.1f s", final, time.monotonic() - started)
     return final
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an advisory lock so concurrent callers generate once (where fcntl exists)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the atomic rename still protects
+        yield
+        return
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -125,6 +145,8 @@ def _install(tmp: Path, final: Path) -> None:
 def _remove_abandoned(base: Path, name: str) -> None:
     """Delete temporary folders left by runs whose process no longer exists."""
     for entry in base.glob(f".{name}.*"):
+        if not entry.is_dir():  # the lock file
+            continue
         parts = entry.name.split("-")
         pid = parts[-2] if ".tmp-" in entry.name and len(parts) >= 2 else None
         if pid is not None and pid.isdigit() and _alive(int(pid)):
@@ -187,6 +209,31 @@ def _cost(series: SeriesPlan) -> float:
     return 30.0
 
 
+def _run_pool(jobs: list[tuple[StudyPlan, SeriesPlan, Path]], workers: int) -> None:
+    """Run *jobs* on *workers* fresh processes (one BLAS thread each: the pool is the
+    parallelism). Workers are forked from a clean server process where the platform has
+    one, so they neither re-import everything nor inherit the caller's threads."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload(["imagingkit.sandbox.generate", "numpy", "pydicom"])
+    saved = {name: os.environ.get(name) for name in _BLAS_THREADS}
+    os.environ.update(dict.fromkeys(_BLAS_THREADS, "1"))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for _ in pool.map(_run_job, jobs, chunksize=1):
+                pass
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def generate_cohort(root: Path, plan: CohortPlan, *, workers: int | None = None) -> dict[str, Any]:
     """Write the whole cohort of *plan* and its manifest into *root* (which must be new).
 
@@ -220,10 +267,7 @@ def generate_cohort(root: Path, plan: CohortPlan, *, workers: int | None = None)
         for job in jobs:
             _run_job(job)
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for _ in pool.map(_run_job, jobs, chunksize=1):
-                pass
+        _run_pool(jobs, workers)
     realworld = [f"realworld/{name}" for name in copy_realworld(root / "realworld")]
     manifest = {
         "seed": plan.seed,

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -394,6 +395,14 @@ class Box(Primitive):
         return np.asarray(np.where(hit, hi[axis] - lo[axis], 0.0))
 
 
+@lru_cache(maxsize=64)
+def _allowed(tissues: tuple[Tissue, ...]) -> npt.NDArray[np.bool_]:
+    """Lookup array: which labels a shape confined to *tissues* may replace."""
+    allowed = np.zeros(_N_TISSUES, dtype=bool)
+    allowed[[int(t) for t in tissues]] = True
+    return allowed
+
+
 def _index_range(coords: FloatArray, lo: float, hi: float) -> slice:
     """Indices of the ascending *coords* that fall within [lo, hi]."""
     return slice(
@@ -420,34 +429,36 @@ class Phantom:
         inverse = [np.argsort(o, kind="stable") for o in orders]
         return np.ascontiguousarray(vol[np.ix_(*inverse)])
 
+    @cached_property
+    def _parts(self) -> tuple[list[Primitive], FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """Every painted piece in order, with bounding boxes as arrays and the fine flags."""
+        parts = [part for whole in self.primitives for part in whole.parts()]
+        boxes = np.array([part.bbox() for part in parts], dtype=np.float64).reshape(-1, 2, 3)
+        fine = np.array([part.fine for part in parts], dtype=bool)
+        return parts, boxes[:, 0, :], boxes[:, 1, :], fine
+
     def _paint(
         self, xs: FloatArray, ys: FloatArray, zs: FloatArray, *, fine: bool
     ) -> npt.NDArray[np.uint8]:
         vol = np.zeros((len(zs), len(ys), len(xs)), dtype=np.uint8)
-        for whole in self.primitives:
-            if whole.fine and not fine:
-                continue
-            for prim in whole.parts():
-                self._paint_one(vol, prim, xs, ys, zs)
+        parts, lo, hi, is_fine = self._parts
+        ranges = [
+            (np.searchsorted(c, lo[:, a], "left"), np.searchsorted(c, hi[:, a], "right"))
+            for a, c in enumerate((xs, ys, zs))
+        ]
+        hit = np.logical_and.reduce([start < stop for start, stop in ranges])
+        if not fine:
+            hit &= ~is_fine
+        (x0, x1), (y0, y1), (z0, z1) = ranges
+        for i in np.flatnonzero(hit):
+            prim = parts[i]
+            sx, sy, sz = slice(x0[i], x1[i]), slice(y0[i], y1[i]), slice(z0[i], z1[i])
+            sub = vol[sz, sy, sx]
+            mask = prim.inside(xs[None, None, sx], ys[None, sy, None], zs[sz, None, None])
+            if prim.within:
+                mask &= _allowed(prim.within)[sub]
+            sub[mask] = int(prim.tissue)
         return vol
-
-    @staticmethod
-    def _paint_one(
-        vol: npt.NDArray[np.uint8], prim: Primitive, xs: FloatArray, ys: FloatArray, zs: FloatArray
-    ) -> None:
-        lo, hi = prim.bbox()
-        sx = _index_range(xs, lo[0], hi[0])
-        sy = _index_range(ys, lo[1], hi[1])
-        sz = _index_range(zs, lo[2], hi[2])
-        if sx.start >= sx.stop or sy.start >= sy.stop or sz.start >= sz.stop:
-            return
-        sub = vol[sz, sy, sx]
-        mask = prim.inside(xs[None, None, sx], ys[None, sy, None], zs[sz, None, None])
-        if prim.within:
-            allowed = np.zeros(_N_TISSUES, dtype=bool)
-            allowed[[int(t) for t in prim.within]] = True
-            mask &= allowed[sub]
-        sub[mask] = int(prim.tissue)
 
     def projection(
         self,
@@ -522,20 +533,23 @@ class Phantom:
 # ------------------------------------------------------------------------- image helpers
 
 
+def _interpolation_matrix(n_out: int, n_in: int) -> npt.NDArray[np.float32]:
+    """Weights mapping *n_in* samples to *n_out* (corner-aligned linear interpolation)."""
+    pos = np.linspace(0, n_in - 1, n_out)
+    lo = np.clip(np.floor(pos).astype(int), 0, max(n_in - 2, 0))
+    frac = (pos - lo).astype(np.float32)
+    weights = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    weights[rows, lo] = 1 - frac
+    weights[rows, np.minimum(lo + 1, n_in - 1)] += frac
+    return weights
+
+
 def resize_bilinear(img: FloatArray, shape: tuple[int, int]) -> FloatArray:
     """Resample a 2-D array to *shape* with bilinear interpolation (corner-aligned)."""
-    h, w = img.shape
-    ry = np.linspace(0, h - 1, shape[0])
-    rx = np.linspace(0, w - 1, shape[1])
-    y0 = np.clip(np.floor(ry).astype(int), 0, max(h - 2, 0))
-    x0 = np.clip(np.floor(rx).astype(int), 0, max(w - 2, 0))
-    y1 = np.minimum(y0 + 1, h - 1)
-    x1 = np.minimum(x0 + 1, w - 1)
-    fy = (ry - y0)[:, None]
-    fx = (rx - x0)[None, :]
-    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
-    bottom = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
-    return np.asarray(top * (1 - fy) + bottom * fy)
+    wy = _interpolation_matrix(shape[0], img.shape[0])
+    wx = _interpolation_matrix(shape[1], img.shape[1])
+    return np.asarray(wy @ np.asarray(img, dtype=np.float32) @ wx.T)
 
 
 def blur(
@@ -647,28 +661,26 @@ def mr_signal(
     reduces to spin echo), diffusion weighting ``e^{-b ADC}``, a smooth receive-coil bias
     field and Rician noise.
     """
-    pd, t1, t2 = _table("pd")[labels], _table("t1")[labels], _table("t2")[labels]
+    pd, t1, t2, adc = _table("pd"), _table("t1"), _table("t2"), _table("adc")
     if seq.fat_sat:
         # fat and fatty marrow lose their signal
-        pd = np.where(labels == int(Tissue.FAT), pd * 0.08, pd)
-        pd = np.where(labels == int(Tissue.CANCELLOUS_BONE), pd * 0.25, pd)
+        pd = pd.copy()
+        pd[int(Tissue.FAT)] *= 0.08
+        pd[int(Tissue.CANCELLOUS_BONE)] *= 0.25
     recovery = 1.0 - np.exp(-seq.tr / t1)
     if seq.ti:
         recovery = np.abs(1.0 - 2.0 * np.exp(-seq.ti / t1) + np.exp(-seq.tr / t1))
-    sig = pd * recovery * np.exp(-seq.te / t2)
-    if seq.b_value:
-        sig = sig * np.exp(-seq.b_value * _table("adc")[labels] * 1e-3)
-    sig = blur(sig, 0.5, axes=(1, 2))
+    per_tissue = pd * recovery * np.exp(-seq.te / t2) * np.exp(-seq.b_value * adc * 1e-3)
+    sig = blur(per_tissue.astype(np.float32)[labels], 0.5, axes=(1, 2))
     ns, nr, nc = labels.shape
-    yy = np.linspace(-1, 1, nr)[None, :, None]
-    xx = np.linspace(-1, 1, nc)[None, None, :]
-    zz = np.linspace(-1, 1, ns)[:, None, None]
-    tilt = rng.uniform(-0.15, 0.15, size=3)
-    bias = 1.0 + tilt[0] * xx + tilt[1] * yy + tilt[2] * zz - 0.12 * (xx**2 + yy**2)
-    sig = sig * bias
-    re = sig + noise * rng.standard_normal(labels.shape)
-    im = noise * rng.standard_normal(labels.shape)
-    return np.asarray(np.hypot(re, im))
+    yy = np.linspace(-1, 1, nr, dtype=np.float32)[None, :, None]
+    xx = np.linspace(-1, 1, nc, dtype=np.float32)[None, None, :]
+    zz = np.linspace(-1, 1, ns, dtype=np.float32)[:, None, None]
+    tilt = rng.uniform(-0.15, 0.15, size=3).astype(np.float32)
+    sig *= 1.0 + tilt[0] * xx + tilt[1] * yy + tilt[2] * zz - np.float32(0.12) * (xx**2 + yy**2)
+    sig += np.float32(noise) * rng.standard_normal(labels.shape, dtype=np.float32)
+    imaginary = np.float32(noise) * rng.standard_normal(labels.shape, dtype=np.float32)
+    return np.asarray(np.hypot(sig, imaginary))
 
 
 def pet_activity(

@@ -618,11 +618,19 @@ def head(rng: np.random.Generator, *, infarct_side: int = 0, scale: float = 1.0)
         ]
     # Face and skull base below the front of the brain; orbits, sinuses, cerebellum.
     prims += [Ellipsoid(T.MUSCLE, center=p(0, -40, -80), semi=s(64, 68, 58))]
+    # the skull base: a plate under the front of the brain, thicker where the petrous
+    # bones are
     _bone(
         prims,
-        Box(T.CORTICAL_BONE, lo=p(-58, -80, -40), hi=p(58, 25, -31)),
-        Box(T.CORTICAL_BONE, lo=p(-56, -78, -38), hi=p(56, 23, -33)),
+        Ellipsoid(T.CORTICAL_BONE, center=p(0, -25, -40), semi=s(60, 62, 6)),
+        Ellipsoid(T.CORTICAL_BONE, center=p(0, -25, -40), semi=s(57, 59, 3.5)),
     )
+    for side in (-1, 1):
+        _bone(
+            prims,
+            Ellipsoid(T.CORTICAL_BONE, center=p(side * 35, 20, -45), semi=s(22, 9, 9)),
+            None,
+        )
     for side in (-1, 1):
         prims += [
             Ellipsoid(T.FAT, center=p(side * 32, -68, -18), semi=s(19, 22, 17)),
@@ -632,7 +640,7 @@ def head(rng: np.random.Generator, *, infarct_side: int = 0, scale: float = 1.0)
             ),
         ]
     prims += [
-        Box(T.AIRWAY, lo=p(-8, -95, -75), hi=p(8, -45, -40), within=(T.MUSCLE,)),
+        Ellipsoid(T.AIRWAY, center=p(0, -72, -62), semi=s(8, 24, 20), within=(T.MUSCLE,)),
         Ellipsoid(
             T.GREY_MATTER,
             center=p(0, 55, -48),

@@ -91,8 +91,25 @@ def habitus_of(patient: PatientPlan) -> BodyHabitus:
     )
 
 
+_PHANTOMS: dict[tuple[object, ...], Phantom] = {}
+
+
 def phantom_for(study: StudyPlan, series: SeriesPlan) -> Phantom:
-    """The phantom a series images: the patient's anatomy plus the study's findings."""
+    """The phantom a series images: the patient's anatomy plus the study's findings.
+
+    Phantoms are immutable; the few most recent are kept, since a study's series (and the
+    segmentation of its CT) image the same one.
+    """
+    group = {"ct_head": "head", "mr_brain": "head", "mr_knee": "knee"}.get(series.kind, "trunk")
+    key = (group, series.kind == "cr_chest", study.patient, repr(sorted(study.findings.items())))
+    if key not in _PHANTOMS:
+        if len(_PHANTOMS) >= 8:
+            _PHANTOMS.clear()
+        _PHANTOMS[key] = _build_phantom(study, series)
+    return _PHANTOMS[key]
+
+
+def _build_phantom(study: StudyPlan, series: SeriesPlan) -> Phantom:
     patient = study.patient
     rng = np.random.default_rng(patient.anatomy_seed)
     f = study.findings

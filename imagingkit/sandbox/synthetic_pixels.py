@@ -119,7 +119,7 @@ def _jpeg_baseline(ds: Dataset, arr: npt.NDArray[np.integer], *, colour: bool, f
         buf = io.BytesIO()
         image = Image.fromarray(frame, "RGB" if colour else "L")
         # subsampling=1 is 4:2:2, which is what YBR_FULL_422 declares (PS3.3 C.7.6.3.1.2).
-        image.save(buf, format="JPEG", quality=90, subsampling=1, optimize=False)
+        image.save(buf, format="JPEG", quality=85, subsampling=1, optimize=False)
         encoded.append(buf.getvalue())
     ds.PixelData = encapsulate(encoded)
     if colour:
