@@ -141,8 +141,8 @@ def trunk(
     ]
     if habitus.female:
         for side in (-1, 1):
-            c = p(side * 80, -110, -125)
-            prims.append(Ellipsoid(T.FAT, center=c, semi=s(64, 34, 58), within=(T.AIR,)))
+            c = p(side * 78, -100, -125)
+            prims.append(Ellipsoid(T.FAT, center=c, semi=s(70, 32, 60), within=(T.AIR,)))
             prims.append(
                 Ellipsoid(
                     T.GLAND, center=(c[0], c[1] - 8, c[2]), semi=s(40, 22, 36), within=(T.FAT,)
@@ -421,8 +421,13 @@ def _skeleton_trunk(
             z=(z0 + 1.5, z1 - 1.5),
         )
         _bone(prims, body, inner)
+        # the neural arch overlaps the disc below it (laminae and facet joints)
+        disc_h = 4.0 if cervical else 6.0
         arch = Cylinder(
-            T.CORTICAL_BONE, center=(0.0, (cy + rb + 9) * sd), semi=(13.0, 11.0), z=(z0 + 2, z1 - 2)
+            T.CORTICAL_BONE,
+            center=(0.0, (cy + rb + 9) * sd),
+            semi=(13.0, 11.0),
+            z=(z0 - disc_h + 1, z1 - 2),
         )
         _bone(prims, arch, None)
         _bone(prims, _capsule(p(0, cy + rb + 18, zc), p(0, cy + rb + 28, zc - 10), 4.5), None)
@@ -434,7 +439,6 @@ def _skeleton_trunk(
                 ),
                 None,
             )
-        disc_h = 4.0 if cervical else 6.0
         prims.append(
             Cylinder(
                 T.DISC,
