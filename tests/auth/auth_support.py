@@ -7,6 +7,7 @@ log records reach ``caplog``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,11 +52,24 @@ class Client:
         return smart.client_assertion(self.client_id, token_url, self.pem, **kwargs)
 
 
+@functools.cache
+def _key(client_id: str, alg: str) -> bytes:
+    return smart.generate_private_key(alg)  # RSA-3072 takes a second: one per client id
+
+
 def make_client(
-    client_id: str, scope: str, patients: Sequence[str] | None, alg: str = "ES384"
+    client_id: str,
+    scope: str,
+    patients: Sequence[str] | None,
+    alg: str = "ES384",
+    *,
+    fresh: bool = False,
 ) -> Client:
-    """A client with a new key pair; ``patients=None`` means every patient."""
-    pem = smart.generate_private_key(alg)
+    """A registered client; ``patients=None`` means every patient.
+
+    The key pair is reused for the same *client_id* and *alg* unless *fresh*.
+    """
+    pem = smart.generate_private_key(alg) if fresh else _key(client_id, alg)
     scopes, _ = parse_scopes(scope)
     registered = RegisteredClient(
         client_id,
@@ -148,10 +162,14 @@ class _RecordingHandler(tornado.web.RequestHandler):
     def get(self, path: str) -> None:
         self.recorder.seen.append((self.request.path, dict(self.request.headers)))
         if self.recorder.redirect_to is not None:
-            self.redirect(self.recorder.redirect_to + self.request.path, status=302)
+            # 307 keeps the method and body: the harshest redirect for a POST
+            status = 302 if self.request.method == "GET" else 307
+            self.redirect(self.recorder.redirect_to + self.request.path, status=status)
             return
         self.set_header("Content-Type", "application/dicom+json")
         self.finish("[]")
+
+    post = get
 
 
 @contextmanager
