@@ -511,7 +511,7 @@ def test_abandoned_and_outdated_folders_are_replaced(
     monkeypatch.setattr(generate_module, "generate_cohort", quick)
     final = sandbox_path(tmp_path, "small", 7)
     final.mkdir(parents=True)  # a folder from an older generator: no current manifest
-    (final / "cohort.json").write_text(json.dumps({"generator": GENERATOR_VERSION - 1}))
+    (final / "cohort.json").write_text(json.dumps({"generator": "0-older-code"}))
     dead = final.parent / f".{final.name}.tmp-{2**22 + 12345}-deadbeef"
     dead.mkdir()
     ours = final.parent / f".{final.name}.tmp-{os.getpid()}-cafecafe"
