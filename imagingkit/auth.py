@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from imagingkit.errors import AuthError
+from imagingkit.errors import AuthError, redact_url
 
 if TYPE_CHECKING:
     from imagingkit.smart import SmartBackendServices
@@ -73,15 +73,16 @@ def origin_of(url: str) -> str:
     """
     parts = urlsplit(url)
     if not parts.scheme or not parts.hostname:
-        raise AuthError(f"cannot bind credentials to {url!r}: not an absolute http(s) URL")
+        shown = redact_url(url)  # never echo user:password@
+        raise AuthError(f"cannot bind credentials to {shown!r}: not an absolute http(s) URL")
     scheme = parts.scheme.lower()
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
     try:
         port = parts.port
-    except ValueError as exc:
-        raise AuthError(f"URL {url!r} has an invalid port") from exc
+    except ValueError:
+        raise AuthError(f"URL {redact_url(url)!r} has an invalid port") from None
     default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
     if port is None or port == default:
         return f"{scheme}://{host}"
