@@ -519,7 +519,7 @@ class AuthServer:
         folder: Path,
         fhir: FhirStore,
         *,
-        clients: Path | None = None,
+        registry: ClientRegistry | None = None,
         token_lifetime: float = 300.0,
     ) -> AuthServer:
         """The server for ``imagingkit serve --auth [FILE]``.
@@ -532,11 +532,11 @@ class AuthServer:
         fhir : FhirStore
             The served FHIR store; the generated per-patient clients are for its first
             two Patients (by id).
-        clients : Path, optional
-            A registry file to use instead of the generated one.
+        registry : ClientRegistry, optional
+            The clients to use instead of the generated ones (``--auth FILE``).
         """
-        if clients is not None:
-            return cls(ClientRegistry.from_file(clients), token_lifetime=token_lifetime)
+        if registry is not None:
+            return cls(registry, token_lifetime=token_lifetime)
         registry_file = Path(folder) / "clients.json"
         if registry_file.is_file():
             return cls(ClientRegistry.from_file(registry_file), token_lifetime=token_lifetime)
