@@ -70,12 +70,14 @@ def build_components(
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.sandbox.fhir import FhirStore
     from imagingkit.sandbox.generate import ensure_sandbox
+    from imagingkit.sandbox.token_endpoint import AuthServer, ClientRegistry
     from imagingkit.viewer import BuiltinViewer
     from imagingkit.viewer.ohif import OHIFApp
 
     if sandbox == (dicom_dir is not None):
         raise SandboxError("choose exactly one of --sandbox and --dicom-dir")
     ohif_app = None if ohif is None else OHIFApp(ohif)  # checks DIR before the slow work
+    clients = None if isinstance(auth, bool) else ClientRegistry.from_file(Path(auth))  # same
     if dicom_dir is not None:
         root = Path(dicom_dir).expanduser().resolve()
         if not root.is_dir():
@@ -91,11 +93,8 @@ def build_components(
     iid = IidFacade(timeout=settings.timeout, ohif=ohif_app is not None)
     components: list[Component] = [store, fhir, iid, BuiltinViewer(), FhircastHub()]
     if auth:
-        from imagingkit.sandbox.token_endpoint import AuthServer
-
-        clients = None if auth is True else Path(auth)
         folder = Path(settings.data_dir) / "auth" / fhir_name
-        components = AuthServer.for_sandbox(folder, fhir, clients=clients).protect(components)
+        components = AuthServer.for_sandbox(folder, fhir, registry=clients).protect(components)
     if ohif_app is not None:  # last: it answers file paths at the root
         ohif_app.reserved = tuple(c.mount for c in components)
         components.append(ohif_app)
