@@ -52,6 +52,8 @@ from imagingkit.uids import validate_uid
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    import requests
+
     from imagingkit.dicomweb.bulk import BulkResult
     from imagingkit.dicomweb.volume import Volume
 
@@ -464,6 +466,18 @@ class DicomWebClient:
         if self.cache is not None and data:
             self.cache.put_json(key, data)
         return data
+
+    def open_series(
+        self, study: str, series: str, *, transfer_syntax: str | None = "*"
+    ) -> requests.Response:
+        """Send a series retrieve (PS3.18 §10.4.1.1.1); return the unread streamed answer.
+
+        For readers that consume the body themselves (see
+        :mod:`imagingkit.dicomweb.direct`); close the response when done.
+        """
+        path = self._path(study, series)
+        accept = self._instance_accept(transfer_syntax)
+        return self.transport.get(self._url(*path), accept=accept, bulk=True, stream=True)
 
     def _stream(self, path: list[str], accept: str) -> Iterator[Part]:
         response = self.transport.get(self._url(*path), accept=accept, bulk=True, stream=True)

@@ -35,9 +35,11 @@ __all__ = [
     "HEADER_TAGS",
     "DecodedInstance",
     "ModalityMapping",
+    "NativeLayout",
     "decode_instance",
     "instance_pixels",
     "modality_mapping",
+    "native_layout",
 ]
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -159,10 +161,61 @@ class DecodedInstance:
         return self.photometric in ("MONOCHROME1", "MONOCHROME2")
 
 
-def _native_view(
-    payload: bytes, header: dict[str, Any], offset: int, implicit: bool
-) -> np.ndarray | None:
-    """The stored values as a view of *payload*, or None if the fast path does not apply."""
+@dataclass(frozen=True)
+class NativeLayout:
+    """Where a single-frame native Pixel Data value lies in a Part-10 byte string.
+
+    Attributes
+    ----------
+    header : dict
+        The :data:`HEADER_TAGS` present, as DICOM JSON.
+    transfer_syntax : str
+    dtype : numpy.dtype
+        Little-endian stored values (PS3.5 §8.1.1).
+    shape : tuple of int
+        ``(rows, columns)``.
+    start : int
+        Offset of the first pixel byte.
+    length : int
+        The Pixel Data element's value length (at least ``rows × columns × itemsize``).
+    """
+
+    header: dict[str, Any]
+    transfer_syntax: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, int]
+    start: int
+    length: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+
+def native_layout(prefix: bytes) -> NativeLayout | None:
+    """Locate native pixel data from the first bytes of a Part-10 instance.
+
+    *prefix* must hold the whole header and the Pixel Data element's own header; the
+    pixel values themselves need not be there. Returns None when the lean path does not
+    apply (compressed, big-endian, multi-frame, colour, a Modality LUT Sequence, ...)
+    or *prefix* is too short to tell.
+
+    Raises
+    ------
+    InvalidDICOMError
+        If the bytes are not DICOM.
+    """
+    try:
+        head = read_dicom_json(prefix, only=_FAST_TAGS)
+    except InvalidDICOMError as exc:
+        if "truncated" in str(exc):
+            return None
+        raise
+    syntax, header, offset = head.transfer_syntax_uid, head.dataset, head.header_length
+    if offset is None or syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
+        return None
+    if (header.get("00283000") or {}).get("Value"):
+        return None
     samples = int(_first(header, "00280002", 1) or 1)
     frames = int(_first(header, "00280008", 1) or 1)
     rows, columns = _first(header, "00280010"), _first(header, "00280011")
@@ -171,20 +224,19 @@ def _native_view(
     # As pydicom (correct_unused_bits=False), bits above Bits Stored are kept as sent.
     if samples != 1 or frames != 1 or not rows or not columns or bits not in (8, 16, 32):
         return None
-    if offset + 12 > len(payload) or _TAG.unpack_from(payload, offset) != (0x7FE0, 0x0010):
+    if offset + 12 > len(prefix) or _TAG.unpack_from(prefix, offset) != (0x7FE0, 0x0010):
         return None
-    if implicit:
-        length, start = _U32.unpack_from(payload, offset + 4)[0], offset + 8
+    if syntax == _IMPLICIT_LE:
+        length, start = _U32.unpack_from(prefix, offset + 4)[0], offset + 8
     else:
-        if payload[offset + 4 : offset + 6] not in (b"OW", b"OB"):
+        if prefix[offset + 4 : offset + 6] not in (b"OW", b"OB"):
             return None
-        length, start = _U32.unpack_from(payload, offset + 8)[0], offset + 12
-    count = int(rows) * int(columns)
+        length, start = _U32.unpack_from(prefix, offset + 8)[0], offset + 12
     itemsize = int(bits) // 8
-    if length == 0xFFFFFFFF or length < count * itemsize or start + count * itemsize > len(payload):
+    if length == 0xFFFFFFFF or length < int(rows) * int(columns) * itemsize:
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{itemsize}")
-    return np.frombuffer(payload, dtype, count, start).reshape(int(rows), int(columns))
+    return NativeLayout(header, syntax, dtype, (int(rows), int(columns)), start, length)
 
 
 def decode_instance(payload: bytes) -> DecodedInstance:
@@ -205,17 +257,12 @@ def decode_instance(payload: bytes) -> DecodedInstance:
         If the bytes are not DICOM, carry no pixel data, or cannot be decoded with the
         installed decoders; the message says which.
     """
-    head = read_dicom_json(payload, only=_FAST_TAGS)
-    syntax = head.transfer_syntax_uid
-    lut_sequence = bool((head.dataset.get("00283000") or {}).get("Value"))
-    if (
-        head.header_length is not None
-        and syntax in (_EXPLICIT_LE, _IMPLICIT_LE)
-        and not lut_sequence
-    ):
-        view = _native_view(payload, head.dataset, head.header_length, syntax == _IMPLICIT_LE)
-        if view is not None:
-            return DecodedInstance(view, head.dataset, syntax)
+    layout = native_layout(payload)
+    if layout is not None and layout.start + layout.nbytes <= len(payload):
+        view = np.frombuffer(
+            payload, layout.dtype, layout.nbytes // layout.dtype.itemsize, layout.start
+        )
+        return DecodedInstance(view.reshape(layout.shape), layout.header, layout.transfer_syntax)
     return _decode_with_pydicom(payload)
 
 

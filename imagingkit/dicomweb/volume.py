@@ -15,7 +15,12 @@ warm pull maps the verified entry without copying it.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import mmap
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from imagingkit.dicomweb.direct import read_series_into
 from imagingkit.dicomweb.pixels import (
     DecodedInstance,
     ModalityMapping,
+    NativeLayout,
     decode_instance,
     instance_pixels,
     modality_mapping,
@@ -177,6 +184,63 @@ def _memory(shape: tuple[int, ...], dtype: np.dtype[Any]) -> _Storage:
     return _MemoryStorage(shape, dtype)
 
 
+class _Prefaulter:
+    """Populate an output array's pages on a background thread, ahead of the writer.
+
+    A fresh page costs its first writer a fault; on virtual machines that back guest
+    memory lazily (this project's CI among them) that is the largest cost of a pull, a
+    few GB/s at best. ``madvise(MADV_POPULATE_WRITE)`` (Linux ≥ 5.14) does the same work
+    in a system call that releases the GIL, so it overlaps with parsing and with the
+    server's streaming. Populating a page the writer already wrote is a no-op; on any
+    error (older kernel, other OS) the thread just stops.
+    """
+
+    _MADV_POPULATE_WRITE = 23
+    _STEP = 8 << 20
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        madvise = _libc_madvise()
+        if madvise is None or array.nbytes < 4 * self._STEP:
+            return
+        page = mmap.PAGESIZE
+        start = array.ctypes.data // page * page
+        end = array.ctypes.data + array.nbytes
+        self._thread = threading.Thread(
+            target=self._run, args=(madvise, start, end), name="imagingkit-prefault", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, madvise: Any, start: int, end: int) -> None:
+        position = start
+        while position < end and not self._stop.is_set():
+            length = min(self._STEP, end - position)
+            if madvise(position, length, self._MADV_POPULATE_WRITE) != 0:
+                return
+            position += length
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_madvise() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
 # --------------------------------------------------------------------------- assembly
 
 
@@ -232,20 +296,14 @@ class _VolumeBuilder:
         self.frame_shape: tuple[int, ...] | None = None
         self.orientation: tuple[float, ...] | None = None
         self.first: DecodedInstance | None = None
-        self.mapping_dtype: np.dtype[Any] | None = None
+        self._scratch: np.ndarray | None = None
+        self._prefault: _Prefaulter | None = None
 
     def add(self, payload: bytes) -> None:
         self.add_decoded(decode_instance(payload))
 
-    def add_decoded(self, decoded: DecodedInstance) -> None:
-        pixels = decoded.pixels
-        grey = decoded.grey
-        frames = 1
-        if decoded.dataset is not None and int(decoded.dataset.get("NumberOfFrames") or 1) > 1:
-            frames = pixels.shape[0]
-        else:
-            pixels = pixels[np.newaxis]
-        frame_shape = tuple(pixels.shape[1:])
+    def _check(self, decoded: DecodedInstance, frame_shape: tuple[int, ...]) -> None:
+        """Refuse an instance that does not belong to the same volume."""
         if self.frame_shape is None:
             self.frame_shape = frame_shape
             self.first = decoded
@@ -265,6 +323,23 @@ class _VolumeBuilder:
                     f"series {self.label} mixes image orientations {self.orientation} and "
                     f"{orientation} (instance {decoded.sop_instance_uid}); it is not one volume"
                 )
+
+    def _record(self, decoded: DecodedInstance, positions: list[Any]) -> None:
+        for i, position in enumerate(positions):
+            self.slices.append(
+                _Slice(decoded.sop_instance_uid, decoded.instance_number, i, position)
+            )
+        self.count += len(positions)
+
+    def add_decoded(self, decoded: DecodedInstance) -> None:
+        pixels = decoded.pixels
+        grey = decoded.grey
+        frames = 1
+        if decoded.dataset is not None and int(decoded.dataset.get("NumberOfFrames") or 1) > 1:
+            frames = pixels.shape[0]
+        else:
+            pixels = pixels[np.newaxis]
+        self._check(decoded, tuple(pixels.shape[1:]))
         mapping = modality_mapping(decoded) if grey else ModalityMapping()
         dtype = mapping.output_dtype(pixels.dtype, decoded.bits_stored) if grey else pixels.dtype
         self._ensure(self.count + frames, dtype)
@@ -274,22 +349,55 @@ class _VolumeBuilder:
             mapping.apply(pixels, target)
         else:
             np.copyto(target, pixels, casting="unsafe")
-        positions = [decoded.position] if frames == 1 else _frame_positions(decoded, frames)
-        for i in range(frames):
-            self.slices.append(
-                _Slice(decoded.sop_instance_uid, decoded.instance_number, i, positions[i])
-            )
-        self.count += frames
+        self._record(
+            decoded, [decoded.position] if frames == 1 else _frame_positions(decoded, frames)
+        )
+
+    def add_native(self, layout: NativeLayout, read_into: Callable[[memoryview], None]) -> None:
+        """Add one native grey-scale frame whose bytes *read_into* writes where asked.
+
+        When the stored and output types have the same size and the Modality LUT is an
+        integer shift, the bytes land in the output slice itself and the shift is applied
+        in place; otherwise they go through a reused scratch slice.
+        """
+        decoded = DecodedInstance(
+            np.empty((0, 0), layout.dtype), layout.header, layout.transfer_syntax
+        )
+        if not decoded.grey:
+            raise InvalidDICOMError(f"{decoded.photometric} is not a grey-scale image")
+        self._check(decoded, layout.shape)
+        mapping = modality_mapping(decoded)
+        self._ensure(self.count + 1, mapping.output_dtype(layout.dtype, decoded.bits_stored))
+        assert self.store is not None
+        target = self.store.array[self.count]
+        out, stored = target.dtype, layout.dtype
+        bits = decoded.bits_stored or stored.itemsize * 8
+        same_values = out == stored or (
+            out.kind == "i" and stored.kind == "u" and bits < 8 * stored.itemsize
+        )
+        if mapping.integral and out.itemsize == stored.itemsize and same_values:
+            read_into(target.data.cast("B"))
+            if mapping.intercept:
+                target += out.type(mapping.intercept)
+        else:
+            scratch = self._scratch
+            if scratch is None or scratch.shape != layout.shape or scratch.dtype != stored:
+                scratch = self._scratch = np.empty(layout.shape, stored)
+            read_into(scratch.data.cast("B"))
+            mapping.apply(scratch, target)
+        self._record(decoded, [decoded.position])
 
     def _ensure(self, needed: int, dtype: np.dtype[Any]) -> None:
         assert self.frame_shape is not None
         if self.store is None:
             capacity = max(needed, self.expected or _INITIAL_CAPACITY)
             self.store = self.factory((capacity, *self.frame_shape), np.dtype(dtype))
+            self._prefault = _Prefaulter(self.store.array)
             return
         current = self.store.array.dtype
         wanted = np.result_type(current, dtype)
         if wanted != current:  # e.g. a later slice has a fractional rescale slope
+            self._stop_prefault()
             grown = self.factory(
                 (max(needed, len(self.store.array)), *self.frame_shape), np.dtype(wanted)
             )
@@ -297,9 +405,16 @@ class _VolumeBuilder:
             self.store.abort()
             self.store = grown
         if needed > len(self.store.array):
+            self._stop_prefault()
             self.store.resize(max(needed, 2 * len(self.store.array)))
 
+    def _stop_prefault(self) -> None:
+        if self._prefault is not None:
+            self._prefault.stop()
+            self._prefault = None
+
     def abort(self) -> None:
+        self._stop_prefault()
         if self.store is not None:
             self.store.abort()
             self.store = None
@@ -307,6 +422,7 @@ class _VolumeBuilder:
     def finish(self, study: str, series: str) -> Volume:
         if self.store is None or self.first is None or self.count == 0:
             raise InvalidDICOMError(f"series {series} has no image instances")
+        self._stop_prefault()
         n = self.count
         order, positions, spacing_k, normal = self._order()
         array = self.store.resize(n)
@@ -496,7 +612,14 @@ def series_volume(
             writer = cache.array_writer(key, shape, dtype)
             return writer if writer is not None else _MemoryStorage(shape, dtype)
 
-    payloads = (part.payload for part in client.iter_series(*uids))
-    return assemble_volume(
-        payloads, study_uid=uids[0], series_uid=uids[1], expected=expected, storage=storage
-    )
+    builder = _VolumeBuilder(storage, expected, uids[1])
+    try:
+        response = client.open_series(*uids)
+        try:
+            read_series_into(builder, response)
+        finally:
+            response.close()
+        return builder.finish(uids[0], uids[1])
+    except BaseException:
+        builder.abort()
+        raise
