@@ -327,7 +327,6 @@ class StudyOwnership:
 class _Guard:
     """Authenticates a request and checks what its grant allows (one per store)."""
 
-    #: the kind of resource DICOMweb scopes are checked against
     def __init__(self, tokens: TokenStore) -> None:
         self.tokens = tokens
 
@@ -699,6 +698,10 @@ def _entry_identity(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     resource = entry.get("resource")
     if resource is None:
         return None
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str) and full_url.count("/") >= 2:
+        named_type, named_id = full_url.rsplit("/", 2)[-2:]  # ``{base}/{type}/{id}``
+        return named_type, named_id
     if isinstance(resource, Mapping):
         rtype, rid = resource.get("resourceType"), resource.get("id")
     else:  # RawJSON: the stored text, spliced into the answer unparsed
@@ -722,8 +725,8 @@ def screen_fhir_body(handler: tornado.web.RequestHandler, body: dict[str, Any] |
     if rtype in ("OperationOutcome", "CapabilityStatement"):
         return body
     reading = handler.request.method in ("GET", "HEAD") or handler.request.path.endswith("/_search")
-    if not reading and not grant.restricted:
-        return body  # the answer to a write the guard allowed
+    if not grant.restricted and (not reading or grant.permits("*", "r")):
+        return body  # an all-access read, or the answer to a write the guard allowed
     if rtype != "Bundle":
         readable = rtype in PUBLIC_TYPES or grant.permits(str(rtype), "r")
         if not readable:
