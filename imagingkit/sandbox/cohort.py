@@ -25,12 +25,14 @@ from typing import Any
 from imagingkit.errors import InvalidInputError
 
 __all__ = [
+    "REASONS",
     "SIZES",
     "SNOMED",
     "CohortPlan",
     "Detail",
     "PatientPlan",
     "Reason",
+    "SOPClass",
     "SeriesPlan",
     "SizeSpec",
     "StudyPlan",

@@ -127,7 +127,7 @@ def ensure_sandbox(data_dir: Path, *, size: str = "default", seed: int = 42) -> 
         tmp = base / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
         try:
-            generate_cohort(tmp, plan, workers=1 if size == "small" else None)
+            generate_cohort(tmp, plan)
             _install(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -291,6 +291,8 @@ def generate_cohort(root: Path, plan: CohortPlan, *, workers: int | None = None)
             if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1
         )
+    if multiprocessing.current_process().daemon:
+        workers = 1  # a daemonic process may not start children
     if workers <= 1:
         for job in jobs:
             _run_job(job)
