@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from imagingkit.auth import AuthMap, origin_of
@@ -735,6 +736,44 @@ class DicomWebClient:
         from imagingkit.dicomweb.volume import series_volume
 
         return series_volume(self, study, series, refresh=refresh)
+
+    def instance_pixels(
+        self, study: str, series: str, instance: str, *, frames: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """One instance's pixels with the Modality LUT applied (PS3.3 C.11.1), cached.
+
+        Parameters
+        ----------
+        frames : sequence of int, optional
+            1-based frames of a multi-frame instance; all by default.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(rows, columns)`` for one frame, ``(frames, rows, columns)`` for several (a
+            trailing samples axis for colour); see
+            :func:`imagingkit.dicomweb.pixels.instance_pixels`.
+
+        Raises
+        ------
+        InvalidInputError
+            If a frame number is outside the instance.
+        """
+        from imagingkit.dicomjson import read_dicom_json
+        from imagingkit.dicomweb.pixels import instance_pixels
+
+        payload = self.retrieve_instance(study, series, instance)
+        pixels = instance_pixels(payload)
+        if frames is None:
+            return pixels
+        entry = read_dicom_json(payload, only={0x00280008}).dataset.get("00280008") or {}
+        count = int((entry.get("Value") or [1])[0] or 1)
+        wanted = [int(f) for f in frames]
+        if not wanted or any(not 1 <= f <= count for f in wanted):
+            raise InvalidInputError(f"frames {wanted} outside 1..{count} of instance {instance}")
+        stack = pixels if count > 1 else pixels[np.newaxis]
+        chosen = stack[[f - 1 for f in wanted]]
+        return chosen[0] if len(wanted) == 1 else chosen
 
     def instance_count(self, study: str, series: str) -> int | None:
         """Number of instances of a series per QIDO-RS (Number of Series Related Instances)."""

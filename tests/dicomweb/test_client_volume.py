@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from imagingkit.dicomweb.pixels import decode_instance, instance_pixels
 from imagingkit.dicomweb.volume import assemble_volume
-from imagingkit.errors import InvalidDICOMError
+from imagingkit.errors import InvalidDICOMError, InvalidInputError
 from imagingkit.render.lut import modality_lut
 
 
@@ -100,3 +100,17 @@ def test_instances_of_different_sizes_are_not_one_volume() -> None:
 def test_bytes_that_are_not_dicom_are_refused() -> None:
     with pytest.raises(InvalidDICOMError):
         assemble_volume([b"not a dicom file at all" * 10])
+
+
+def test_instance_pixels_of_one_instance_and_its_frames(server_base: str, ct_data, cache) -> None:
+    _, plain, _ = ct_data
+    client = client_for(server_base, cache=cache)
+    sop = plain.sop_uids[3]
+    np.testing.assert_array_equal(
+        client.instance_pixels(plain.study, plain.series, sop), plain.hu[3]
+    )
+    np.testing.assert_array_equal(
+        client.instance_pixels(plain.study, plain.series, sop, frames=[1]), plain.hu[3]
+    )
+    with pytest.raises(InvalidInputError, match="frames"):
+        client.instance_pixels(plain.study, plain.series, sop, frames=[2])
