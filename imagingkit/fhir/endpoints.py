@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from imagingkit.fhir.model import Contained, Extension, Reference, Resource
+from imagingkit.fhir.model import Contained, Extension, Reference, _ResourceBase
 
 __all__ = [
     "DicomWebLocation",
@@ -81,8 +81,8 @@ class EndpointInfo:
     retrieve_location_uid: str | None = None
 
     @classmethod
-    def from_resource(cls, resource: Resource | Contained) -> EndpointInfo:
-        address = resource.address_url() if isinstance(resource, Resource) else resource.address
+    def from_resource(cls, resource: _ResourceBase | Contained) -> EndpointInfo:
+        address = resource.address if isinstance(resource, Contained) else resource.address_url()
         token = _extension(resource.extension, "requires-access-token")
         location = _extension(resource.extension, "retrievelocationuid")
         return cls(
@@ -173,11 +173,11 @@ class EndpointResolver:
         if self.override is not None:
             return DicomWebLocation(self.override, "configured")
         refs = tuple(r.reference for r in references if r.reference)
-        cache_key = (refs, tuple(contained)) if any(r.startswith("#") for r in refs) else refs
-        found = self._cache.get(cache_key)
+        if any(r.startswith("#") for r in refs):  # contained: differs from study to study
+            return self._locate(refs, {f"#{c.id}": c for c in contained})
+        found = self._cache.get(refs)
         if found is None:
-            found = self._locate(refs, {f"#{c.id}": c for c in contained})
-            self._cache[cache_key] = found
+            found = self._cache[refs] = self._locate(refs, {})
         return found
 
     def _locate(self, refs: tuple[str, ...], contained: dict[str, Contained]) -> DicomWebLocation:
@@ -207,7 +207,3 @@ class EndpointResolver:
             if isinstance(key, str) and key in self.locations:
                 return DicomWebLocation(self.locations[key], "mado", flag)
         return None
-
-    def has_series_endpoint(self) -> bool:
-        """Whether any Endpoint is known at all (used by explain())."""
-        return bool(self.endpoints)

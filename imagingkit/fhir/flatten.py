@@ -624,7 +624,7 @@ def flatten_resources(
     collected = Collected()
     for resource in resources:
         try:
-            collected.add(msgspec.convert(resource, kind, str_keys=True))  # type: ignore[arg-type]
+            collected.add(msgspec.json.decode(msgspec.json.encode(resource), type=kind))  # type: ignore[arg-type]
         except msgspec.ValidationError as exc:
             raise FHIRError(f"not an R4 resource of the expected shape: {exc}") from exc
     return studies_frame(collected, level=level, dicomweb=dicomweb)
