@@ -41,8 +41,10 @@ Every request but CORS preflights and ``/fhir/metadata`` needs a token: 401 with
 ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3) without one or with an invalid or
 expired one; 403 ``insufficient_scope`` when the scopes do not cover the interaction.
 
-The stores call three hooks, which do nothing when the app runs without ``--auth``:
-:func:`scope_fhir_search`, :func:`screen_fhir_body` and :func:`qido_filters`.
+The guards (:mod:`imagingkit.sandbox.guards`) authenticate each request and record its
+:class:`RequestAccess`; the stores then call three hooks, which do nothing when the app
+runs without ``--auth``: :func:`scope_fhir_search`, :func:`screen_fhir_body` and
+:func:`qido_filters`.
 """
 
 from __future__ import annotations
@@ -53,16 +55,13 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
-import tornado.ioloop
 import tornado.web
 
 from imagingkit.errors import InvalidInputError
-from imagingkit.server.app import Component, RouteList
 from imagingkit.server.base import HTTPProblem
 
 if TYPE_CHECKING:
@@ -71,15 +70,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPARTMENT_TYPES",
+    "PUBLIC_TYPES",
+    "REALM",
     "Grant",
+    "RequestAccess",
     "Scope",
-    "StudyOwnership",
     "TokenStore",
+    "forbidden",
+    "insufficient_scope",
     "parse_scopes",
-    "protect",
     "qido_filters",
     "scope_fhir_search",
     "screen_fhir_body",
+    "set_access",
+    "valid_patient_id",
 ]
 
 #: Types whose ``patient`` search parameter puts them in a Patient's compartment.
@@ -94,7 +98,8 @@ _PERMISSIONS = "cruds"
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE_RE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)$")
 _FHIR_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_REALM = 'Bearer realm="imagingkit"'
+#: the ``WWW-Authenticate`` challenge of both stores (RFC 6750 §3)
+REALM = 'Bearer realm="imagingkit"'
 #: the request attribute the guard sets for the hooks
 _ACCESS = "imagingkit_access"
 
@@ -263,314 +268,27 @@ class RequestAccess:
     study_uids: frozenset[str] | None = field(default=None)
 
 
+def set_access(handler: tornado.web.RequestHandler, access: RequestAccess) -> None:
+    """Record what the guard decided for the request *handler* answers."""
+    setattr(handler, _ACCESS, access)
+
+
 def _access(handler: tornado.web.RequestHandler) -> RequestAccess | None:
     access = getattr(handler, _ACCESS, None)
     return access if isinstance(access, RequestAccess) else None
 
 
-def _forbidden(detail: str) -> HTTPProblem:
+def forbidden(detail: str) -> HTTPProblem:
+    """A 403 refusal naming what is not granted."""
     return HTTPProblem(403, detail)
 
 
-def _insufficient_scope(handler: tornado.web.RequestHandler, detail: str) -> HTTPProblem:
+def insufficient_scope(handler: tornado.web.RequestHandler, detail: str) -> HTTPProblem:
+    """A 403 whose ``WWW-Authenticate`` says ``insufficient_scope`` (RFC 6750 §3.1)."""
     handler._imagingkit_challenge = (  # type: ignore[attr-defined]
-        f'{_REALM}, error="insufficient_scope", error_description="{detail}"'
+        f'{REALM}, error="insufficient_scope", error_description="{detail}"'
     )
     return HTTPProblem(403, detail)
-
-
-# --------------------------------------------------------------------------- study ownership
-
-
-class StudyOwnership:
-    """Which DICOM studies belong to which Patients, read from the FHIR store.
-
-    A study belongs to Patient X when an ImagingStudy with identifier
-    ``urn:dicom:uid|urn:oid:<StudyInstanceUID>`` has the subject ``Patient/X`` (SMART
-    Imaging Access ``SmartImagingStudy``). It reads the store's search index directly
-    (one indexed query, no resource parsed), so it costs well under a millisecond.
-
-    Parameters
-    ----------
-    storage : Storage
-        The FHIR store's storage (``FhirStore.storage``).
-    """
-
-    _SQL = (
-        "SELECT DISTINCT t.code FROM idx_token t "
-        "JOIN idx_reference r ON r.rid = t.rid "
-        "JOIN resource res ON res.rid = t.rid "
-        "WHERE t.type = 'ImagingStudy' AND t.param = 'identifier' AND t.system = 'urn:dicom:uid' "
-        "AND r.type = 'ImagingStudy' AND r.param = 'patient' AND r.target_type = 'Patient' "
-        "AND r.local = 1 AND res.deleted = 0 AND r.target_id IN ({marks})"
-    )
-
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-
-    def studies_of(self, patients: Iterable[str]) -> frozenset[str]:
-        """Return the Study Instance UIDs of the ImagingStudies of *patients*."""
-        ids = sorted(set(patients))
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            sql = self._SQL.format(marks=",".join("?" * len(chunk)))
-            for (code,) in self.storage.query(sql, chunk):
-                text = str(code)
-                found.add(text[8:] if text.startswith("urn:oid:") else text)
-        return frozenset(found)
-
-
-# --------------------------------------------------------------------------- guards
-
-
-class _Guard:
-    """Authenticates a request and checks what its grant allows (one per store)."""
-
-    def __init__(self, tokens: TokenStore) -> None:
-        self.tokens = tokens
-
-    def authenticate(self, handler: tornado.web.RequestHandler) -> Grant:
-        """Return the grant of the request's bearer token (401 without a valid one)."""
-        header = handler.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if not header:
-            handler._imagingkit_challenge = _REALM  # type: ignore[attr-defined]
-            raise HTTPProblem(401, "this server needs a bearer token (SMART Backend Services)")
-        if scheme.lower() != "bearer" or not token:
-            handler._imagingkit_challenge = (  # type: ignore[attr-defined]
-                f'{_REALM}, error="invalid_request", '
-                'error_description="use Authorization: Bearer <token>"'
-            )
-            raise HTTPProblem(401, "only bearer tokens are accepted (RFC 6750 §2.1)")
-        grant = self.tokens.lookup(token)
-        if grant is None:
-            handler._imagingkit_challenge = (  # type: ignore[attr-defined]
-                f'{_REALM}, error="invalid_token", '
-                'error_description="the token is unknown or expired"'
-            )
-            raise HTTPProblem(401, "the bearer token is unknown or expired; get a new one")
-        return grant
-
-    async def admit(self, handler: tornado.web.RequestHandler, prefix: str) -> None:
-        """Raise an HTTPProblem unless the request may go on; record its access."""
-        raise NotImplementedError
-
-
-def _relative_path(handler: tornado.web.RequestHandler, prefix: str) -> str:
-    path = unquote(handler.request.path)
-    return path[len(prefix) :] if path.startswith(prefix) else path
-
-
-_T = r"([A-Z][A-Za-z]+)"
-_I = r"([^/]+)"
-_FHIR_PATHS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^/?$"), "root"),
-    (re.compile(r"^/metadata$"), "metadata"),
-    (re.compile(r"^/_history$"), "history"),
-    (re.compile(rf"^/{_T}/?$"), "type"),
-    (re.compile(rf"^/{_T}/_search$"), "search"),
-    (re.compile(rf"^/{_T}/_history$"), "history"),
-    (re.compile(rf"^/{_T}/{_I}/_history$"), "history"),
-    (re.compile(rf"^/{_T}/{_I}/_history/{_I}$"), "vread"),
-    (re.compile(rf"^/{_T}/{_I}$"), "instance"),
-]
-_WRITE_LETTER = {"POST": "c", "PUT": "u", "DELETE": "d"}
-
-
-class FhirGuard(_Guard):
-    """The guard of the FHIR store (see the module docstring)."""
-
-    async def admit(self, handler: tornado.web.RequestHandler, prefix: str) -> None:
-        path = _relative_path(handler, prefix)
-        kind: str = "other"
-        groups: tuple[str, ...] = ()
-        for pattern, name in _FHIR_PATHS:
-            match = pattern.match(path)
-            if match:
-                kind, groups = name, match.groups()
-                break
-        method = handler.request.method or "GET"
-        if kind == "metadata":
-            return  # the CapabilityStatement is public (SMART discovery)
-        if kind == "root" and method == "GET":
-            return  # answered with 400 by the store, nothing to read
-        grant = self.authenticate(handler)
-        setattr(handler, _ACCESS, RequestAccess(grant))
-        rtype = groups[0] if groups else "*"
-        reading = method in ("GET", "HEAD") or kind == "search"
-        if grant.restricted:
-            # a 304 would confirm another patient's version without the body check
-            handler.request.headers.pop("If-None-Match", None)
-        if kind in ("type", "instance", "vread", "search") and reading:
-            letter = "s" if kind in ("type", "search") else "r"
-            if rtype not in PUBLIC_TYPES and not grant.permits(rtype, letter):
-                raise _insufficient_scope(
-                    handler, f"the token's scopes do not allow {rtype}.{letter}"
-                )
-            if grant.restricted and rtype not in PUBLIC_TYPES | COMPARTMENT_TYPES | {"Patient"}:
-                raise _forbidden(f"{rtype} resources are not available to patient-scoped tokens")
-            return
-        if grant.restricted:
-            raise _forbidden(
-                f"{method} {kind} interactions are not available to patient-scoped tokens "
-                "(they may only read and search their patients' compartments)"
-            )
-        if kind == "history" and reading:
-            if not grant.permits(rtype, "r"):
-                raise _insufficient_scope(handler, f"the token's scopes do not allow {rtype}.r")
-            return
-        letters = {"root": "cud"}.get(kind, _WRITE_LETTER.get(method, "r"))
-        if not all(grant.permits(rtype, letter) for letter in letters):
-            raise _insufficient_scope(
-                handler, f"the token's scopes do not allow {method} on {rtype} ({letters})"
-            )
-
-
-_STUDY_PATH = re.compile(r"^/studies/([^/]+)(/.*)?$")
-_NESTED_QIDO = re.compile(r"^/(series|instances|series/[^/]+/instances)/?$")
-_QIDO_ROOTS = {"/studies", "/studies/", "/series", "/series/", "/instances", "/instances/"}
-
-
-class DicomWebGuard(_Guard):
-    """The guard of the DICOMweb store (see the module docstring).
-
-    Parameters
-    ----------
-    tokens : TokenStore
-    ownership : StudyOwnership
-    """
-
-    def __init__(self, tokens: TokenStore, ownership: StudyOwnership) -> None:
-        super().__init__(tokens)
-        self.ownership = ownership
-
-    async def admit(self, handler: tornado.web.RequestHandler, prefix: str) -> None:
-        grant = self.authenticate(handler)
-        access = RequestAccess(grant)
-        setattr(handler, _ACCESS, access)
-        path = _relative_path(handler, prefix)
-        method = handler.request.method or "GET"
-        study = _STUDY_PATH.match(path)
-        if method == "POST":  # STOW-RS
-            if grant.restricted or not grant.permits("ImagingStudy", "c"):
-                raise _insufficient_scope(
-                    handler, "storing instances needs an unrestricted ImagingStudy.c scope"
-                )
-            return
-        if method not in ("GET", "HEAD"):
-            if grant.restricted or not grant.permits(
-                "ImagingStudy", _WRITE_LETTER.get(method, "d")
-            ):
-                raise _forbidden(f"{method} is not available to this token")
-            return
-        nested_search = study is not None and bool(_NESTED_QIDO.match(study.group(2) or ""))
-        searching = path in _QIDO_ROOTS or nested_search
-        letter = "s" if searching else "r"
-        if not grant.permits("ImagingStudy", letter):
-            raise _insufficient_scope(
-                handler, f"DICOMweb needs a scope allowing ImagingStudy.{letter}"
-            )
-        if not grant.restricted:
-            return
-        if path not in _QIDO_ROOTS and study is None:
-            raise _forbidden("this DICOMweb resource is not available to patient-scoped tokens")
-        assert grant.patients is not None
-        loop = tornado.ioloop.IOLoop.current()
-        access.study_uids = await loop.run_in_executor(
-            None, self.ownership.studies_of, grant.patients
-        )
-        if study is not None and study.group(1) not in access.study_uids:
-            raise _forbidden(f"this token does not grant access to study {study.group(1)}")
-
-
-def _guarded(
-    handler_class: type[tornado.web.RequestHandler], guard: _Guard, prefix: str
-) -> type[tornado.web.RequestHandler]:
-    """A subclass of *handler_class* whose ``prepare`` first asks *guard*."""
-
-    class Guarded(handler_class):  # type: ignore[valid-type,misc]
-        async def prepare(self) -> None:
-            if self.request.method != "OPTIONS":  # CORS preflights carry no credentials
-                await guard.admit(self, prefix)
-            parent = super().prepare()
-            if parent is not None:
-                await parent
-
-        def write_error(self, status_code: int, **kwargs: Any) -> None:
-            challenge = getattr(self, "_imagingkit_challenge", None)
-            if challenge and status_code in (401, 403):
-                self.set_header("WWW-Authenticate", challenge)
-            super().write_error(status_code, **kwargs)
-
-    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{handler_class.__name__}"
-    return Guarded
-
-
-class Protected:
-    """A component whose every route first passes a guard (the stores under ``--auth``).
-
-    Attribute access other than :meth:`routes` and :meth:`close` goes to the wrapped
-    component, so ``protected.index`` or ``protected.storage`` still work.
-    """
-
-    def __init__(self, inner: Component, guard: _Guard) -> None:
-        self.inner = inner
-        self.guard = guard
-        self.mount = inner.mount
-
-    def routes(self, prefix: str) -> RouteList:
-        """The wrapped component's routes, each handler guarded."""
-        made: dict[type[tornado.web.RequestHandler], type[tornado.web.RequestHandler]] = {}
-        rules: RouteList = []
-        for pattern, handler_class, kwargs in self.inner.routes(prefix):
-            if handler_class not in made:
-                made[handler_class] = _guarded(handler_class, self.guard, prefix.rstrip("/"))
-            rules.append((pattern, made[handler_class], kwargs))
-        return rules
-
-    def close(self) -> None:
-        """Close the wrapped component."""
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def protect(components: Sequence[Component], tokens: TokenStore) -> list[Component]:
-    """Guard the FHIR and DICOMweb stores among *components*; others are left as they are.
-
-    Parameters
-    ----------
-    components : sequence of Component
-    tokens : TokenStore
-        Where the token endpoint keeps the grants.
-
-    Raises
-    ------
-    SandboxError
-        If patient scoping of DICOMweb cannot work (no FHIR store to read owners from).
-    """
-    from imagingkit.errors import SandboxError
-    from imagingkit.sandbox.dicomweb_store import DicomWebStore
-    from imagingkit.sandbox.fhir.store import FhirStore
-
-    fhir = [c for c in components if isinstance(c, FhirStore)]
-    out: list[Component] = []
-    for component in components:
-        if isinstance(component, FhirStore):
-            out.append(Protected(component, FhirGuard(tokens)))
-        elif isinstance(component, DicomWebStore):
-            if not fhir:
-                raise SandboxError("--auth needs the FHIR store to know who owns each study")
-            guard = DicomWebGuard(tokens, StudyOwnership(fhir[0].storage))
-            out.append(Protected(component, guard))
-        else:
-            out.append(component)
-    return out
 
 
 # --------------------------------------------------------------------------- store hooks
@@ -595,7 +313,7 @@ def _check_criterion(criterion: Criterion) -> None:
         if not (
             base == "Patient" and source in COMPARTMENT_TYPES and reference.name in _PATIENT_LINKS
         ):
-            raise _forbidden(
+            raise forbidden(
                 f"search parameter {criterion.name!r} could match other patients' data; "
                 "patient-scoped tokens may use _has only as Patient?_has:Type:patient:…"
             )
@@ -607,7 +325,7 @@ def _check_criterion(criterion: Criterion) -> None:
                 target == "Patient" and name in _PATIENT_LINKS and base in COMPARTMENT_TYPES
             )
             if not own_patient and target not in PUBLIC_TYPES:
-                raise _forbidden(
+                raise forbidden(
                     f"chained search parameter {criterion.name!r} could match other "
                     "patients' data; patient-scoped tokens may chain only through "
                     "patient/subject or endpoint"
@@ -635,7 +353,7 @@ def scope_fhir_search(
     patients = access.grant.patients
     assert patients is not None
     if not patients:
-        raise _forbidden("this token grants no patient")
+        raise forbidden("this token grants no patient")
     request = parse_search(resource_type, params, strict=False)
     for criterion in request.criteria:
         _check_criterion(criterion)
@@ -646,7 +364,7 @@ def scope_fhir_search(
         or (resource_type == "Patient" and k == "_id")
     ]
     if named and all(_patient_ids([v]).isdisjoint(patients) for v in named if v):
-        raise _forbidden("the search names patients this token does not grant")
+        raise forbidden("the search names patients this token does not grant")
     kept = [(k, v) for k, v in params if k != "_snapshot"]
     ids = sorted(patients)
     if resource_type == "Patient":
@@ -730,17 +448,17 @@ def screen_fhir_body(handler: tornado.web.RequestHandler, body: dict[str, Any] |
     if rtype != "Bundle":
         readable = rtype in PUBLIC_TYPES or grant.permits(str(rtype), "r")
         if not readable:
-            raise _insufficient_scope(handler, f"the token's scopes do not allow {rtype}.r")
+            raise insufficient_scope(handler, f"the token's scopes do not allow {rtype}.r")
         if grant.restricted and rtype not in PUBLIC_TYPES:
             assert grant.patients is not None
             if _patients_of(body).isdisjoint(grant.patients):
-                raise _forbidden(f"this token does not grant access to {rtype}/{body.get('id')}")
+                raise forbidden(f"this token does not grant access to {rtype}/{body.get('id')}")
         return body
     entries = body.get("entry")
     if not entries:
         return body
     if grant.restricted and body.get("type") != "searchset":
-        raise _forbidden("this Bundle is not available to patient-scoped tokens")
+        raise forbidden("this Bundle is not available to patient-scoped tokens")
     identities = [_entry_identity(e) for e in entries]
     by_type: dict[str, list[str]] = {}
     for identity in identities:
@@ -784,7 +502,7 @@ def qido_filters(handler: tornado.web.RequestHandler) -> list[tuple[str, list[An
     if access is None or not access.grant.restricted:
         return []
     if access.study_uids is None:
-        raise _forbidden("patient scoping of this search could not be resolved")
+        raise forbidden("patient scoping of this search could not be resolved")
     uids = sorted(access.study_uids)
     if not uids:
         return [("0 = 1", [])]

@@ -51,14 +51,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from imagingkit.errors import AuthError, InvalidInputError, SandboxError
-from imagingkit.sandbox.authz import (
-    Grant,
-    Scope,
-    TokenStore,
-    parse_scopes,
-    protect,
-    valid_patient_id,
-)
+from imagingkit.sandbox.authz import Grant, Scope, TokenStore, parse_scopes, valid_patient_id
+from imagingkit.sandbox.guards import protect
 from imagingkit.server.app import Component, RouteList
 from imagingkit.server.base import BaseHandler
 from imagingkit.smart import (
