@@ -256,3 +256,48 @@ def test_bad_level_and_bad_connect() -> None:
         imagingkit.connect("http://127.0.0.1:9/fhir").cohort().studies(level="patients")
     with pytest.raises(ConfigError):
         imagingkit.connect("http://127.0.0.1:9/fhir", joins="sometimes")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- Medplum
+
+
+@pytest.fixture(scope="module")
+def medplum(resources: list[Resource]) -> Generator[str, None, None]:
+    """Medplum's FhirRouter (tests/medplum launcher) loaded with the same resources."""
+    from medplum.launcher import medplum_missing_reason, put_bundles, start_medplum
+
+    reason = medplum_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = start_medplum()
+    try:
+        put_bundles(server, resources)
+        yield server.url.rstrip("/")
+    finally:
+        server.stop()
+
+
+@pytest.mark.medplum
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_medplum_gives_the_same_dataframe(
+    case: str, embedded: str, medplum: str, resources: list[Resource]
+) -> None:
+    """Medplum has no CapabilityStatement, no ``_has`` and no chaining: every join is made
+    on the client, and the frame is the embedded store's, row for row."""
+    build, expected = CASES[case]
+    theirs = _frame(medplum, build, "auto")
+    ours = _frame(embedded, build, "auto")
+    assert set(theirs["imaging_study_id"]) == oracle(resources, **expected)
+    pd.testing.assert_frame_equal(_comparable(ours), _comparable(theirs))
+
+
+@pytest.mark.medplum
+def test_medplum_plan_falls_back_to_client_joins(medplum: str) -> None:
+    bridge = imagingkit.connect(medplum)
+    assert not bridge.capabilities().declared
+    text = bridge.cohort().patient(gender="female").condition(f"{SNOMED}|427359005").explain()
+    assert "_has:" not in text and "patient.gender" not in text and "_include" not in text
+    assert "no CapabilityStatement" in text
+    instances = CASES["female-ct"][0](bridge.cohort()).studies(level="instance")
+    ours = CASES["female-ct"][0](bridge.cohort()).studies(level="series")
+    assert len(instances) == ours["NumberOfSeriesRelatedInstances"].sum()
