@@ -5,7 +5,7 @@ One row per study, series or instance. DICOM attributes use their DICOM keywords
 frame joins with idc-index's; FHIR-only values are snake_case (``imaging_study_id``,
 ``patient_ref``, ``dicomweb_url``). Every column exists whatever the data holds, with a
 fixed dtype: text as ``string``, codes as ``category``, counts as ``Int64``, dates as
-``datetime64[ns]`` (``study_started`` in UTC), flags as ``boolean``.
+``datetime64[us]`` (``study_started`` in UTC), flags as ``boolean``.
 
 How it is fast: the pages are decoded by msgspec into typed structs that declare only the
 elements read here (:mod:`imagingkit.fhir.model`), the columns are built as Python lists
@@ -171,7 +171,7 @@ def _categorical(values: Sequence[Any]) -> pd.Categorical:
 def _dates(values: Sequence[Any], *, utc: bool) -> Any:
     """Parse FHIR date/dateTime strings (ISO 8601, R4 §2.24.0.1), vectorised.
 
-    ``utc=False`` keeps the calendar date only (``datetime64[ns]``), as DICOM DA does;
+    ``utc=False`` keeps the calendar date only (``datetime64[us]``), as DICOM DA does;
     ``utc=True`` keeps the instant in UTC. Unparseable values become ``NaT``.
     """
     distinct = set(values)
@@ -182,7 +182,7 @@ def _dates(values: Sequence[Any], *, utc: bool) -> Any:
     parsed = pd.to_datetime(
         pd.Series(texts, dtype=object), format="ISO8601", errors="coerce", utc=utc
     )
-    return parsed.astype("datetime64[ns, UTC]" if utc else "datetime64[ns]").array
+    return parsed.astype("datetime64[us, UTC]" if utc else "datetime64[us]").array
 
 
 def empty_frame(level: str = "series") -> pd.DataFrame:

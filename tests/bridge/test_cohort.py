@@ -69,12 +69,18 @@ def _codes(concept: Any) -> set[tuple[str | None, str]]:
     return {(c.get("system"), c["code"]) for c in (concept or {}).get("coding", [])}
 
 
-def oracle(resources: list[Resource], *, patient: Callable[[Resource], bool] = lambda p: True,
-           study: Callable[[Resource], bool] = lambda s: True,
-           conditions: set[tuple[str, str]] | None = None,
-           observation: tuple[str, float | None, float | None] | None = None) -> set[str]:
+def oracle(
+    resources: list[Resource],
+    *,
+    patient: Callable[[Resource], bool] = lambda p: True,
+    study: Callable[[Resource], bool] = lambda s: True,
+    conditions: set[tuple[str, str]] | None = None,
+    observation: tuple[str, float | None, float | None] | None = None,
+) -> set[str]:
     """Study ids meeting the criteria, computed directly from the resources."""
-    patients = {f"Patient/{p['id']}" for p in resources if p["resourceType"] == "Patient" and patient(p)}
+    patients = {
+        f"Patient/{p['id']}" for p in resources if p["resourceType"] == "Patient" and patient(p)
+    }
     if conditions is not None:
         patients &= {
             c["subject"]["reference"]
@@ -96,7 +102,9 @@ def oracle(resources: list[Resource], *, patient: Callable[[Resource], bool] = l
     return {
         s["id"]
         for s in resources
-        if s["resourceType"] == "ImagingStudy" and s["subject"]["reference"] in patients and study(s)
+        if s["resourceType"] == "ImagingStudy"
+        and s["subject"]["reference"] in patients
+        and study(s)
     }
 
 
@@ -111,7 +119,10 @@ def _born_between(low: str, high: str) -> Callable[[Resource], bool]:
 CASES: dict[str, tuple[Callable[[Cohort], Cohort], dict[str, Any]]] = {
     "female-ct": (
         lambda c: c.patient(gender="female").imaging(modality="CT"),
-        {"patient": lambda p: p["gender"] == "female", "study": lambda s: "CT" in _series_modalities(s)},
+        {
+            "patient": lambda p: p["gender"] == "female",
+            "study": lambda s: "CT" in _series_modalities(s),
+        },
     ),
     "lung-nodule-by-age": (
         lambda c: c.patient(age=(40, 90), as_of=AS_OF).condition(f"{SNOMED}|427359005"),
@@ -121,33 +132,46 @@ CASES: dict[str, tuple[Callable[[Cohort], Cohort], dict[str, Any]]] = {
         },
     ),
     "hemoglobin-range-mr": (
-        lambda c: c.observation(f"{LOINC}|718-7", value=(12.05, 14.95)).imaging(modality=["MR", "CR"]),
+        lambda c: c.observation(f"{LOINC}|718-7", value=(12.05, 14.95)).imaging(
+            modality=["MR", "CR"]
+        ),
         {
             "observation": ("718-7", 12.05, 14.95),
             "study": lambda s: bool(_series_modalities(s) & {"MR", "CR"}),
         },
     ),
     "chest-2015-2020-described": (
-        lambda c: c.imaging(body_site="CHEST", started=("2015-01-01", "2020-12-31"), description="CHEST"),
+        lambda c: c.imaging(
+            body_site="CHEST", started=("2015-01-01", "2020-12-31"), description="CHEST"
+        ),
         {
-            "study": lambda s: any(x.get("bodySite", {}).get("code") == "51185008" for x in s["series"])
-            and "2015-01-01" <= s["started"][:10] <= "2020-12-31"
-            and ("chest" in s.get("description", "").lower()
-                 or any("chest" in x.get("description", "").lower() for x in s["series"])),
+            "study": lambda s: (
+                any(x.get("bodySite", {}).get("code") == "51185008" for x in s["series"])
+                and "2015-01-01" <= s["started"][:10] <= "2020-12-31"
+                and (
+                    "chest" in s.get("description", "").lower()
+                    or any("chest" in x.get("description", "").lower() for x in s["series"])
+                )
+            ),
         },
     ),
     "male-two-conditions-born-1950s": (
-        lambda c: c.patient(gender="male", birth_date=("1950", "1959-12-31"))
-        .condition("233604007", "25064002", system=SNOMED),
+        lambda c: c.patient(gender="male", birth_date=("1950", "1959-12-31")).condition(
+            "233604007", "25064002", system=SNOMED
+        ),
         {
-            "patient": lambda p: p["gender"] == "male" and "1950" <= p.get("birthDate", "")[:4] <= "1959",
+            "patient": lambda p: (
+                p["gender"] == "male" and "1950" <= p.get("birthDate", "")[:4] <= "1959"
+            ),
             "conditions": {(SNOMED, "233604007"), (SNOMED, "25064002")},
         },
     ),
 }
 
 
-def _frame(base: str, build: Callable[[Cohort], Cohort], joins: str, level: str = "series") -> pd.DataFrame:
+def _frame(
+    base: str, build: Callable[[Cohort], Cohort], joins: str, level: str = "series"
+) -> pd.DataFrame:
     bridge = imagingkit.connect(base, joins=joins)  # type: ignore[arg-type]
     return build(bridge.cohort()).studies(level=level)
 
@@ -176,9 +200,13 @@ def test_server_plan_uses_has_chaining_and_include(embedded: str) -> None:
     assert "_include=ImagingStudy:endpoint" in text
     chained = bridge.cohort().patient(gender="male").imaging(modality="CT").explain()
     assert "patient.gender=male" in chained
-    client_text = imagingkit.connect(embedded, joins="client").cohort().patient(
-        gender="female"
-    ).condition(f"{SNOMED}|427359005").explain()
+    client_text = (
+        imagingkit.connect(embedded, joins="client")
+        .cohort()
+        .patient(gender="female")
+        .condition(f"{SNOMED}|427359005")
+        .explain()
+    )
     assert "_has:" not in client_text and "Condition?code=" in client_text
 
 
@@ -210,9 +238,13 @@ def test_provenance_pulls_the_same_cohort_again(embedded: str) -> None:
     # JSON round trip, as a notebook would save it
     import json
 
-    pd.testing.assert_frame_equal(frame, imagingkit.from_provenance(json.loads(json.dumps(provenance))))
+    pd.testing.assert_frame_equal(
+        frame, imagingkit.from_provenance(json.loads(json.dumps(provenance)))
+    )
     patients = imagingkit.connect(embedded).cohort().patient(gender="male").patients()
-    pd.testing.assert_frame_equal(patients, imagingkit.from_provenance(patients.attrs["imagingkit"]))
+    pd.testing.assert_frame_equal(
+        patients, imagingkit.from_provenance(patients.attrs["imagingkit"])
+    )
     with pytest.raises(InvalidInputError, match="provenance"):
         imagingkit.from_provenance({"format": "something else"})
 

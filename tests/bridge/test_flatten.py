@@ -14,10 +14,13 @@ from imagingkit.errors import FHIRError
 from imagingkit.fhir.flatten import COLUMNS, empty_frame, flatten, flatten_resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from flatten_imagingstudy import make_pages, with_json_normalize_meta  # noqa: E402
+from flatten_imagingstudy import make_pages, with_json_normalize_meta
 
 DTYPES = {"str": "string", "cat": "category", "int": "Int64", "bool": "boolean"}
-WADO = {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "dicom-wado-rs"}
+WADO = {
+    "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+    "code": "dicom-wado-rs",
+}
 
 
 def study(uid: str = "1.2.3", **more: Any) -> dict[str, Any]:
@@ -37,7 +40,11 @@ def study(uid: str = "1.2.3", **more: Any) -> dict[str, Any]:
                 "bodySite": {"system": "http://snomed.info/sct", "code": "51185008"},
                 "numberOfInstances": 2,
                 "instance": [
-                    {"uid": f"{uid}.1.1", "sopClass": {"code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}, "number": 1},
+                    {
+                        "uid": f"{uid}.1.1",
+                        "sopClass": {"code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"},
+                        "number": 1,
+                    },
                     {"uid": f"{uid}.1.2", "number": 2},
                 ],
             },
@@ -48,7 +55,13 @@ def study(uid: str = "1.2.3", **more: Any) -> dict[str, Any]:
 
 
 def endpoint(address: str | None, ident: str = "e1", **more: Any) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Endpoint", "id": ident, "status": "active", "connectionType": WADO, **more}
+    resource: dict[str, Any] = {
+        "resourceType": "Endpoint",
+        "id": ident,
+        "status": "active",
+        "connectionType": WADO,
+        **more,
+    }
     if address is not None:
         resource["address"] = address
     return resource
@@ -57,7 +70,9 @@ def endpoint(address: str | None, ident: str = "e1", **more: Any) -> dict[str, A
 PATIENT = {
     "resourceType": "Patient",
     "id": "p1",
-    "identifier": [{"system": "urn:issuer", "value": "MRN-1", "type": {"coding": [{"code": "MR"}]}}],
+    "identifier": [
+        {"system": "urn:issuer", "value": "MRN-1", "type": {"coding": [{"code": "MR"}]}}
+    ],
     "gender": "female",
     "birthDate": "1960",
 }
@@ -65,16 +80,19 @@ PATIENT = {
 
 @pytest.mark.parametrize("level", ["study", "series", "instance"])
 def test_every_column_with_its_dtype_even_when_empty(level: str) -> None:
-    for frame in (empty_frame(level), flatten_resources([study(), PATIENT, endpoint("http://h/dw")], level=level)):
+    for frame in (
+        empty_frame(level),
+        flatten_resources([study(), PATIENT, endpoint("http://h/dw")], level=level),
+    ):
         assert list(frame.columns) == [name for name, _ in COLUMNS[level]]
         for name, kind in COLUMNS[level]:
             dtype = str(frame[name].dtype)
             if kind in DTYPES:
                 assert dtype == DTYPES[kind], (name, dtype)
             elif kind == "date":
-                assert dtype == "datetime64[ns]", (name, dtype)
+                assert dtype == "datetime64[us]", (name, dtype)
             else:
-                assert dtype == "datetime64[ns, UTC]", (name, dtype)
+                assert dtype == "datetime64[us, UTC]", (name, dtype)
 
 
 def test_series_level_values() -> None:
@@ -95,7 +113,9 @@ def test_series_level_values() -> None:
     assert first["dicomweb_url"] == "http://h/dicom-web/studies/1.2.3/series/1.2.3.1"
     assert first["endpoint_convention"] == "fhir-core"
     # empty values stay empty, typed
-    assert pd.isna(frame.iloc[1]["BodyPartExamined"]) and pd.isna(frame.iloc[1]["NumberOfSeriesRelatedInstances"])
+    assert pd.isna(frame.iloc[1]["BodyPartExamined"]) and pd.isna(
+        frame.iloc[1]["NumberOfSeriesRelatedInstances"]
+    )
 
 
 def test_instance_level_and_study_without_series_is_kept() -> None:
@@ -105,7 +125,10 @@ def test_instance_level_and_study_without_series_is_kept() -> None:
     # 2 instances of series 1, one row for series 2 (no instances listed), one for the bare study
     assert list(frame["SOPInstanceUID"].fillna("-")) == ["1.2.3.1.1", "1.2.3.1.2", "-", "-"]
     assert frame["SOPClassUID"].iloc[0] == "1.2.840.10008.5.1.4.1.1.2"
-    assert frame["dicomweb_url"].iloc[0] == "http://h/dw/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"
+    assert (
+        frame["dicomweb_url"].iloc[0]
+        == "http://h/dw/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1"
+    )
     assert frame["dicomweb_url"].iloc[3] == "http://h/dw/studies/1.2.4"
     assert frame["StudyInstanceUID"].tolist() == ["1.2.3", "1.2.3", "1.2.3", "1.2.4"]
 
@@ -132,9 +155,16 @@ def test_mado_series_endpoint_over_study_endpoint_and_placeholders() -> None:
     mado = endpoint(
         None,
         "mado",
-        extension=[{"url": "https://profiles.ihe.net/RAD/MADO/StructureDefinition/RetrieveLocationUID", "valueOid": "urn:oid:1.2.9"}],
+        extension=[
+            {
+                "url": "https://profiles.ihe.net/RAD/MADO/StructureDefinition/RetrieveLocationUID",
+                "valueOid": "urn:oid:1.2.9",
+            }
+        ],
     )
-    frame = flatten_resources([resource, endpoint("http://study-level/dw"), mado], dicomweb={"1.2.9": "http://archive/dw"})
+    frame = flatten_resources(
+        [resource, endpoint("http://study-level/dw"), mado], dicomweb={"1.2.9": "http://archive/dw"}
+    )
     assert frame["dicomweb_url"].tolist() == [
         "http://archive/dw/studies/1.2.3/series/1.2.3.1",
         "http://study-level/dw/studies/1.2.3/series/1.2.3.2",
@@ -146,26 +176,53 @@ def test_mado_series_endpoint_over_study_endpoint_and_placeholders() -> None:
 
 
 def test_smart_contained_endpoint_capability_url_and_non_wado_skipped() -> None:
-    resource = study(contained=[endpoint("https://cap.example/abc", "ep", extension=[
-        {"url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token", "valueBoolean": False}
-    ])])
+    resource = study(
+        contained=[
+            endpoint(
+                "https://cap.example/abc",
+                "ep",
+                extension=[
+                    {
+                        "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+                        "valueBoolean": False,
+                    }
+                ],
+            )
+        ]
+    )
     resource["endpoint"] = [{"reference": "Endpoint/viewer"}, {"reference": "#ep"}]
     viewer = endpoint("http://viewer/", "viewer", connectionType={"code": "ihe-iid"})
     frame = flatten_resources([resource, viewer])
     assert frame["dicomweb_url"].iloc[0].startswith("https://cap.example/abc/studies/1.2.3")
-    assert frame["dicomweb_requires_token"].iloc[0] is False or not frame["dicomweb_requires_token"].iloc[0]
+    assert (
+        frame["dicomweb_requires_token"].iloc[0] is False
+        or not frame["dicomweb_requires_token"].iloc[0]
+    )
     assert not pd.isna(frame["dicomweb_requires_token"].iloc[0])
 
 
 def test_configured_dicomweb_overrides_endpoints() -> None:
-    frame = flatten_resources([study(), endpoint("http://elsewhere/dw")], dicomweb="http://mine/dw/")
+    frame = flatten_resources(
+        [study(), endpoint("http://elsewhere/dw")], dicomweb="http://mine/dw/"
+    )
     assert frame["dicomweb_url"].iloc[0] == "http://mine/dw/studies/1.2.3/series/1.2.3.1"
     assert frame["endpoint_convention"].iloc[0] == "configured"
 
 
 def test_unreadable_pages_raise_fhir_error_naming_the_element() -> None:
     with pytest.raises(FHIRError, match="numberOfSeries"):
-        flatten([json.dumps({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "ImagingStudy", "numberOfSeries": "six"}}]}).encode()])
+        flatten(
+            [
+                json.dumps(
+                    {
+                        "resourceType": "Bundle",
+                        "entry": [
+                            {"resource": {"resourceType": "ImagingStudy", "numberOfSeries": "six"}}
+                        ],
+                    }
+                ).encode()
+            ]
+        )
     with pytest.raises(FHIRError, match="Bundle"):
         flatten([b'{"resourceType": "OperationOutcome"}'])
     with pytest.raises(FHIRError):
@@ -181,5 +238,10 @@ def test_same_facts_as_json_normalize_on_benchmark_data() -> None:
     assert ours["StudyInstanceUID"].tolist() == theirs["StudyInstanceUID"].tolist()
     assert ours["AccessionNumber"].tolist() == theirs["AccessionNumber"].tolist()
     assert ours["Modality"].astype(str).tolist() == theirs["series.modality.code"].tolist()
-    assert ours["NumberOfSeriesRelatedInstances"].tolist() == theirs["series.numberOfInstances"].tolist()
-    assert (ours["study_started"].dt.tz_localize(None) == theirs["StudyDate"].dt.tz_localize(None)).all()
+    assert (
+        ours["NumberOfSeriesRelatedInstances"].tolist()
+        == theirs["series.numberOfInstances"].tolist()
+    )
+    assert (
+        ours["study_started"].dt.tz_localize(None) == theirs["StudyDate"].dt.tz_localize(None)
+    ).all()
