@@ -427,8 +427,24 @@ def _read_header(path: str) -> tuple[DicomJsonHeader, str | None]:
     return header, json.dumps(full, separators=(",", ":"), ensure_ascii=False)
 
 
-def _parse_file(root: str, rel: str, size: int, mtime_ns: int) -> _Parsed | _Skipped:
-    """Read one file's header; never raises (a failure becomes a :class:`_Skipped`)."""
+def _level_json(dataset: DicomJson, keys: frozenset[str]) -> str:
+    return json.dumps(
+        {k: v for k, v in dataset.items() if k in keys}, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def _parse_file(
+    root: str,
+    rel: str,
+    size: int,
+    mtime_ns: int,
+    seen: dict[tuple[str, str], tuple[tuple[Any, ...], str]] | None = None,
+) -> _Parsed | _Skipped:
+    """Read one file's header; never raises (a failure becomes a :class:`_Skipped`).
+
+    *seen* carries the study and series rows already built in this batch, so each is
+    built once per batch.
+    """
     path = os.path.join(root, rel)
     try:
         header, header_json = _read_header(path)
@@ -447,18 +463,19 @@ def _parse_file(root: str, rel: str, size: int, mtime_ns: int) -> _Parsed | _Ski
         if not is_valid_uid(str(value), lenient=True):
             return _Skipped(rel, size, mtime_ns, f"{keyword} {str(value)[:70]!r} is not a UID")
         uids.append(str(value))
-    columns = {
-        level: tuple(_column_value(a, dataset) for a in attributes)
-        for level, attributes in INDEXED_ATTRIBUTES.items()
-    }
-    attrs = {
-        level: json.dumps(
-            {k: v for k, v in dataset.items() if k in keys},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        for level, keys in _LEVEL_KEYS.items()
-    }
+    columns: dict[str, tuple[Any, ...]] = {}
+    attrs: dict[str, str] = {}
+    for level, uid in (("study", uids[0]), ("series", uids[1]), ("instance", uids[2])):
+        # A study's (series') row is written from one of its files: in a batch, the first.
+        known = seen.get((level, uid)) if seen is not None else None
+        if known is None:
+            known = (
+                tuple(_column_value(a, dataset) for a in INDEXED_ATTRIBUTES[level]),
+                _level_json(dataset, _LEVEL_KEYS[level]),
+            )
+            if seen is not None and level != "instance":
+                seen[(level, uid)] = known
+        columns[level], attrs[level] = known
     return _Parsed(
         rel=rel,
         size=size,
@@ -481,7 +498,8 @@ _IDENTIFYING_UIDS = (
 def _parse_chunk(root: str, items: Sequence[tuple[str, int, int]]) -> list[_Parsed | _Skipped]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's complaints about odd files
-        return [_parse_file(root, rel, size, mtime) for rel, size, mtime in items]
+        seen: dict[tuple[str, str], tuple[tuple[Any, ...], str]] = {}
+        return [_parse_file(root, rel, size, mtime, seen) for rel, size, mtime in items]
 
 
 # --------------------------------------------------------------------------- schema
