@@ -9,8 +9,9 @@ answer (PS3.18 §10.4.1.1.1) like this:
 1. the part's header fields, then the first few KiB of its body, into a small buffer;
 2. the DICOM header from that buffer (:func:`imagingkit.dicomweb.pixels.native_layout`),
    which says where the Pixel Data value starts and how long it is;
-3. the pixel bytes from the socket directly into the instance's slice of the output
-   array (``readinto``), so the kernel copies them once, into their final place;
+3. the pixel bytes straight into the instance's slice of the output array, from the
+   chunks a pump thread reads off the socket while this thread parses (so the server
+   never waits for the parser);
 4. the Modality LUT in place when the stored and output types have the same size (CT:
    unsigned 12-bit stored + integer intercept → int16), else through a reused scratch
    slice;
@@ -22,6 +23,9 @@ whole and decoded by pydicom, in the same stream.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from typing import TYPE_CHECKING, Any
 
 from imagingkit.dicomweb.multipart import parse_media_type
@@ -38,41 +42,77 @@ __all__ = ["read_series_into"]
 _CRLF = b"\r\n"
 _PEEK = 16 * 1024
 _MAX_PEEK = 4 * 1024 * 1024
-_CHUNK = 256 * 1024
+_CHUNK = 4 * 1024 * 1024
+_QUEUED = 16
 
 
 class _Wire:
-    """A buffered reader over an HTTP body with direct ``readinto`` for large reads."""
+    """A buffered reader over an HTTP body, drained by a pump thread.
+
+    The pump reads the socket in large chunks on its own thread (``recv`` releases the
+    GIL), so the server keeps streaming while this thread parses and copies — the
+    server's core and the client's core work at the same time. Without it the server
+    stalls on a full socket buffer whenever the parser is busy, and a pull takes several
+    times the transfer time. At most ``_QUEUED`` chunks wait in memory.
+    """
 
     def __init__(self, response: requests.Response) -> None:
         raw = response.raw
-        # urllib3's readinto copies through an intermediate bytes object; the
-        # http.client response beneath it reads into the caller's buffer.
-        inner = getattr(raw, "_fp", None)
+        inner = getattr(raw, "_fp", None)  # http.client's response: no urllib3 copy
         plain = response.headers.get("Content-Encoding", "identity").lower() == "identity"
-        self.source: Any = inner if plain and hasattr(inner, "readinto") else raw
+        self.source: Any = inner if plain and hasattr(inner, "read1") else raw
         self.url = response.url
         self.buf = bytearray()
         self.pos = 0
+        self.done = False
+        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUED)
+        self.stopped = threading.Event()
+        self.pump = threading.Thread(target=self._pump, name="imagingkit-wire", daemon=True)
+        self.pump.start()
 
-    def _more(self, wanted: int = _CHUNK) -> bool:
-        read1 = getattr(self.source, "read1", None)
-        try:
-            chunk = read1(max(wanted, _CHUNK)) if read1 else self.source.read(_CHUNK)
-        except Exception as exc:  # socket/protocol errors mid-body
-            raise DICOMwebError(f"the transfer broke off: {exc}", url=self.url) from exc
-        if not chunk:
+    def _pump(self) -> None:
+        read = getattr(self.source, "read1", self.source.read)
+        while not self.stopped.is_set():
+            try:
+                item: bytes | BaseException = read(_CHUNK)
+            except BaseException as exc:  # handed to the consumer, raised there
+                item = exc
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def close(self) -> None:
+        """Stop the pump (the caller closes the response, which unblocks its read)."""
+        self.stopped.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+
+    def _more(self) -> bool:
+        if self.done:
+            return False
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.done = True
+            raise DICOMwebError(f"the transfer broke off: {item}", url=self.url) from item
+        if not item:
+            self.done = True
             return False
         if self.pos > _CHUNK and self.pos > len(self.buf) // 2:
             del self.buf[: self.pos]
             self.pos = 0
-        self.buf += chunk
+        self.buf += item
         return True
 
     def ensure(self, n: int) -> bool:
         """Buffer at least *n* unread bytes; False at the end of the body."""
         while len(self.buf) - self.pos < n:
-            if not self._more(n - (len(self.buf) - self.pos)):
+            if not self._more():
                 return False
         return True
 
@@ -97,23 +137,14 @@ class _Wire:
         return data
 
     def readinto(self, view: memoryview) -> None:
-        """Fill *view* exactly: buffered bytes first, then straight from the socket."""
-        have = min(len(self.buf) - self.pos, view.nbytes)
-        view[:have] = self.buf[self.pos : self.pos + have]
-        self.pos += have
-        rest = view[have:]
-        try:
-            while rest.nbytes:
-                n = self.source.readinto(rest)
-                if not n:
-                    raise DICOMwebError(
-                        "the transfer broke off inside an instance (truncated)", url=self.url
-                    )
-                rest = rest[n:]
-        except DICOMwebError:
-            raise
-        except Exception as exc:
-            raise DICOMwebError(f"the transfer broke off: {exc}", url=self.url) from exc
+        """Fill *view* exactly with the next bytes of the body."""
+        if not self.ensure(view.nbytes):
+            raise DICOMwebError(
+                "the transfer broke off inside an instance (truncated)", url=self.url
+            )
+        with memoryview(self.buf) as source:
+            view[:] = source[self.pos : self.pos + view.nbytes]
+        self.pos += view.nbytes
 
 
 def _headers(block: bytes) -> dict[str, str]:
@@ -135,8 +166,15 @@ def read_series_into(builder: _VolumeBuilder, response: requests.Response) -> in
     InvalidDICOMError
         If a part is not a decodable DICOM instance.
     """
-    media, params = parse_media_type(response.headers.get("Content-Type", ""))
     wire = _Wire(response)
+    try:
+        return _read_parts(builder, wire, response)
+    finally:
+        wire.close()
+
+
+def _read_parts(builder: _VolumeBuilder, wire: _Wire, response: requests.Response) -> int:
+    media, params = parse_media_type(response.headers.get("Content-Type", ""))
     boundary = params.get("boundary")
     if not media.startswith("multipart/") or not boundary:
         if not wire.ensure(1):
