@@ -10,6 +10,10 @@ on the same files, which is what an index storing the header as DICOM JSON would
 do per file.
 
 Run: ``.venv/bin/python bench/index_rate.py [--files 5000] [--runs 3]``
+
+The figure is wall-clock, so other jobs on the machine lower it; the CPU time per file
+(all processes) is printed too. On a busy shared machine, ``chrt -f 10`` before the
+command (real-time priority, root only) measures what the cores can do when free.
 """
 
 from __future__ import annotations
