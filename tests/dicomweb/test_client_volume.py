@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from dicomweb_helpers import COL_DIR, NORMAL, ROW_DIR, SPACING, client_for, ct_instance
+from dicomweb_helpers import (
+    COL_DIR,
+    NORMAL,
+    ROW_DIR,
+    SPACING,
+    client_for,
+    ct_instance,
+    hu_slice,
+)
 from pydicom.uid import generate_uid
 
+from imagingkit.cache import Cache, CacheKey
 from imagingkit.dicomweb.pixels import decode_instance, instance_pixels
 from imagingkit.dicomweb.volume import assemble_volume
-from imagingkit.errors import InvalidDICOMError, InvalidInputError
+from imagingkit.errors import ImagingKitError, InvalidDICOMError, InvalidInputError
 from imagingkit.render.lut import modality_lut
 
 
@@ -114,3 +124,43 @@ def test_instance_pixels_of_one_instance_and_its_frames(server_base: str, ct_dat
     )
     with pytest.raises(InvalidInputError, match="frames"):
         client.instance_pixels(plain.study, plain.series, sop, frames=[2])
+
+
+_PYDICOM_FILES = sorted(
+    (Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm"), key=lambda p: p.name
+)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("path", _PYDICOM_FILES, ids=lambda p: p.name)
+def test_every_pydicom_test_file_gives_a_volume_or_a_clear_error(path: Path) -> None:
+    """Bad input gets an ImagingKitError, never a crash (D9); images give a volume."""
+    try:
+        volume = assemble_volume([path.read_bytes()])
+    except ImagingKitError as exc:
+        assert str(exc)
+        return
+    ds = pydicom.dcmread(path)
+    frames = (
+        int(ds.get("NumberOfFrames") or 1) if str(ds.get("NumberOfFrames", "1")).isdigit() else 1
+    )
+    assert volume.array.shape[0] == frames
+    assert volume.array.shape[1:3] == (ds.Rows, ds.Columns)
+
+
+def test_a_volume_grows_past_its_first_allocation_in_the_cache(tmp_path: Path) -> None:
+    """No count known in advance: the cache file grows and keeps what was written."""
+    cache = Cache(tmp_path, max_bytes=10**8)
+    study, series = generate_uid(), generate_uid()
+    key = CacheKey("anonymous", "http://127.0.0.1:1", (study, series), "test")
+    payloads = [ct_instance(study, series, k, 100 - k)[0] for k in range(70)]
+
+    def storage(shape, dtype):
+        return cache.array_writer(key, shape, dtype)
+
+    volume = assemble_volume(payloads[::-1], series_uid=series, storage=storage)
+    cache.flush()
+    assert volume.array.shape[0] == 70
+    np.testing.assert_array_equal(volume.array[69], hu_slice(69))
+    cached, _ = cache.get_array(key)  # type: ignore[misc]
+    np.testing.assert_array_equal(cached, volume.array)
