@@ -23,13 +23,11 @@ whole and decoded by pydicom, in the same stream.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from imagingkit.dicomweb.multipart import parse_media_type
 from imagingkit.dicomweb.pixels import native_layout
+from imagingkit.dicomweb.transport import Pump
 from imagingkit.errors import DICOMwebError, InvalidDICOMError
 
 if TYPE_CHECKING:
@@ -42,68 +40,25 @@ __all__ = ["read_series_into"]
 _CRLF = b"\r\n"
 _PEEK = 16 * 1024
 _MAX_PEEK = 4 * 1024 * 1024
-_CHUNK = 4 * 1024 * 1024
-_QUEUED = 16
 
 
 class _Wire:
-    """A buffered reader over an HTTP body, drained by a pump thread.
-
-    The pump reads the socket in large chunks on its own thread (``recv`` releases the
-    GIL), so the server keeps streaming while this thread parses and copies — the
-    server's core and the client's core work at the same time. Without it the server
-    stalls on a full socket buffer whenever the parser is busy, and a pull takes several
-    times the transfer time. At most ``_QUEUED`` chunks wait in memory.
-    """
+    """A buffered reader over an HTTP body that a :class:`Pump` reads ahead."""
 
     def __init__(self, response: requests.Response) -> None:
-        raw = response.raw
-        inner = getattr(raw, "_fp", None)  # http.client's response: no urllib3 copy
-        plain = response.headers.get("Content-Encoding", "identity").lower() == "identity"
-        self.source: Any = inner if plain and hasattr(inner, "read1") else raw
+        self.pump = Pump(response)
         self.url = response.url
         self.buf = bytearray()
         self.pos = 0
-        self.done = False
-        self.queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUED)
-        self.stopped = threading.Event()
-        self.pump = threading.Thread(target=self._pump, name="imagingkit-wire", daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        read = getattr(self.source, "read1", self.source.read)
-        while not self.stopped.is_set():
-            try:
-                item: bytes | BaseException = read(_CHUNK)
-            except BaseException as exc:  # handed to the consumer, raised there
-                item = exc
-            while not self.stopped.is_set():
-                try:
-                    self.queue.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if not isinstance(item, bytes) or not item:
-                return
 
     def close(self) -> None:
-        """Stop the pump (the caller closes the response, which unblocks its read)."""
-        self.stopped.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
+        self.pump.close()
 
     def _more(self) -> bool:
-        if self.done:
-            return False
-        item = self.queue.get()
-        if isinstance(item, BaseException):
-            self.done = True
-            raise DICOMwebError(f"the transfer broke off: {item}", url=self.url) from item
+        item = self.pump.next()
         if not item:
-            self.done = True
             return False
-        if self.pos > _CHUNK and self.pos > len(self.buf) // 2:
+        if self.pos > len(item) and self.pos > len(self.buf) // 2:
             del self.buf[: self.pos]
             self.pos = 0
         self.buf += item
