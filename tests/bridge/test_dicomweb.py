@@ -77,40 +77,67 @@ def test_accessor_metadata_volume_and_viewer(
     )
 
 
-def _without_series(study: dict[str, Any], address: str) -> list[dict[str, Any]]:
+#: the RetrieveLocationUID of the MADO-style placeholder Endpoint (PS3.3 C.12.1.1.5)
+LOCATION_UID = "1.2.826.0.1.3680043.10.543.1"
+WADO_RS = {
+    "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+    "code": "dicom-wado-rs",
+}
+
+
+def _endpoint(ident: str, address: str, **more: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Endpoint",
+        "id": ident,
+        "status": "active",
+        "connectionType": WADO_RS,
+        "payloadType": [{"text": "DICOM"}],
+        "address": address,
+        **more,
+    }
+
+
+def _without_series(study: dict[str, Any], endpoint: str) -> dict[str, Any]:
     bare = {
         k: v
         for k, v in study.items()
         if k not in ("series", "meta", "encounter", "reasonReference", "basedOn")
     }
-    bare["endpoint"] = [{"reference": "Endpoint/pacs"}]
+    bare["endpoint"] = [{"reference": f"Endpoint/{endpoint}"}]
     bare["subject"] = {"reference": "Patient/anon"}
-    return [bare]
+    return bare
 
 
 @pytest.fixture(scope="module")
 def bare_store(
     full: pd.DataFrame, sandbox_server: ImagingkitServer
 ) -> Generator[tuple[str, list[str]], None, None]:
-    """A private FHIR store with two sandbox CT studies, their series left out."""
-    studies = list(dict.fromkeys(_ct_series(full)["imaging_study_id"]))[:2]
+    """A private FHIR store with three sandbox CT studies, their series left out, each
+    with an Endpoint of another convention: FHIR core (the DICOMweb base), IHE IDR (the
+    study URL) and IHE MADO (a placeholder standing for a RetrieveLocationUID)."""
+    studies = list(dict.fromkeys(_ct_series(full)["imaging_study_id"]))[:3]
+    assert len(studies) == 3, "the sandbox should hold three CT studies"
+    dicomweb = sandbox_server.dicomweb
     resources: list[dict[str, Any]] = [
         {"resourceType": "Patient", "id": "anon", "gender": "unknown"},
-        {
-            "resourceType": "Endpoint",
-            "id": "pacs",
-            "status": "active",
-            "connectionType": {
-                "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                "code": "dicom-wado-rs",
-            },
-            "payloadType": [{"text": "DICOM"}],
-            "address": sandbox_server.dicomweb,
-        },
+        _endpoint("core", dicomweb),
+        _endpoint(
+            "mado",
+            f"urn:oid:{LOCATION_UID}",
+            extension=[
+                {
+                    "url": "https://profiles.ihe.net/RAD/MADO/StructureDefinition/RetrieveLocationUID",
+                    "valueOid": f"urn:oid:{LOCATION_UID}",
+                }
+            ],
+        ),
     ]
-    for ident in studies:
+    for ident, kind in zip(studies, ("core", "idr", "mado"), strict=True):
         study = requests.get(f"{_fhir(sandbox_server)}/ImagingStudy/{ident}", timeout=60).json()
-        resources.extend(_without_series(study, sandbox_server.dicomweb))
+        if kind == "idr":
+            uid = study["identifier"][0]["value"].removeprefix("urn:oid:")
+            resources.append(_endpoint("idr", f"{dicomweb}/studies/{uid}"))
+        resources.append(_without_series(study, kind))
     folder = Path(tempfile.mkdtemp(prefix="ik-bare-"))
     store = FhirStore(folder / "fhir.sqlite", settings=Settings(data_dir=folder))
     try:
@@ -130,7 +157,9 @@ def test_qido_fill_in_gives_the_listed_series(
     sandbox_server: ImagingkitServer,
 ) -> None:
     base, studies = bare_store
-    filled = imagingkit.connect(base).cohort().studies(level=level)
+    mado = {LOCATION_UID: sandbox_server.dicomweb}
+    filled = imagingkit.connect(base, dicomweb=mado).cohort().studies(level=level)
+    assert set(filled["endpoint_convention"].astype(str)) == {"fhir-core", "ihe-idr", "mado"}
     listed = (
         imagingkit.connect(_fhir(sandbox_server))
         .cohort()
@@ -144,17 +173,27 @@ def test_qido_fill_in_gives_the_listed_series(
     assert filled.dtypes.astype(str).tolist() == listed.dtypes.astype(str).tolist()
     assert filled["dicomweb_url"].str.contains("/series/").all()
     # without fill-in, one row per study is kept with empty series columns
-    bare = imagingkit.connect(base, fill_in=False).cohort().studies(level=level)
+    bare = imagingkit.connect(base, dicomweb=mado, fill_in=False).cohort().studies(level=level)
     assert len(bare) == len(studies) and bare["SeriesInstanceUID"].isna().all()
+    # an unresolved placeholder keeps its row, with no DICOMweb URL, rather than guessing
+    unresolved = imagingkit.connect(base).cohort().studies(level=level)
+    assert unresolved["dicomweb_url"].isna().sum() == 1
 
 
 @pytest.mark.orthanc
 def test_orthanc_serves_the_same_pixels(
-    full: pd.DataFrame, bare_store: tuple[str, list[str]], orthanc: OrthancServer, sandbox_dir: Path
+    full: pd.DataFrame,
+    bare_store: tuple[str, list[str]],
+    orthanc: OrthancServer,
+    sandbox_dir: Path,
+    sandbox_server: ImagingkitServer,
 ) -> None:
     """``dicomweb=`` points the same FHIR cohort at Orthanc: QIDO fill-in and volumes agree."""
     base, _studies = bare_store
-    wanted = set(imagingkit.connect(base).cohort().studies(level="study")["StudyInstanceUID"])
+    mado = {LOCATION_UID: sandbox_server.dicomweb}
+    wanted = set(
+        imagingkit.connect(base, dicomweb=mado).cohort().studies(level="study")["StudyInstanceUID"]
+    )
     files = [
         path
         for path in sandbox_dir.rglob("*.dcm")
@@ -163,7 +202,7 @@ def test_orthanc_serves_the_same_pixels(
     ]
     report = orthanc.upload(files)
     assert not report.refused, report.refused
-    from_sandbox = imagingkit.connect(base).cohort().studies()
+    from_sandbox = imagingkit.connect(base, dicomweb=mado).cohort().studies()
     from_orthanc = imagingkit.connect(base, dicomweb=orthanc.dicomweb).cohort().studies()
     assert from_orthanc["dicomweb_url"].str.startswith(orthanc.dicomweb).all()
     ours = from_sandbox[SERIES_KEYS].astype(str).sort_values(SERIES_KEYS).reset_index(drop=True)
