@@ -60,8 +60,11 @@ demo: $(VENV)/.lab.stamp
 	echo "Starting JupyterLab; Ctrl-C stops it and the sandbox."
 	$(BIN)/jupyter lab -y --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) notebooks/
 
+# every step runs even if an earlier one fails, so a lint error does not hide test results
 test: $(VENV)/.test.stamp
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	failed=""
+	$(BIN)/ruff check . || failed="$$failed ruff-check"
+	$(BIN)/ruff format --check . || failed="$$failed ruff-format"
+	$(BIN)/mypy || failed="$$failed mypy"
+	$(BIN)/pytest $(PYTEST_ARGS) || failed="$$failed pytest"
+	if [ -n "$$failed" ]; then echo "make test failed:$$failed"; exit 1; fi
