@@ -67,8 +67,7 @@ class ImagingAccessor:
             return bridge
         from imagingkit.bridge import live_bridge
 
-        provenance = self._frame.attrs.get("imagingkit") or {}
-        return live_bridge(provenance.get("fhir"))
+        return live_bridge(self._frame.attrs.get("imagingkit") or {})
 
     def _groups(self, bridge: Bridge | None) -> Iterator[tuple[DicomWebClient, pd.DataFrame]]:
         """(client, rows) per DICOMweb service; rows without a location are skipped."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-import weakref
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,14 +43,22 @@ PROVENANCE_FORMAT = "imagingkit.cohort/1"
 Joins = Literal["auto", "client"]
 
 
-#: Bridges alive in this process, by (redacted) FHIR base: ``df.imaging`` finds the
-#: credentials of the bridge that made a frame without storing them in the frame.
-_LIVE: weakref.WeakValueDictionary[str, Bridge] = weakref.WeakValueDictionary()
+#: The bridges of this process by session id (and the latest by FHIR base): a frame's
+#: provenance names the session that made it, so ``df.imaging`` uses that bridge's
+#: credentials without the frame holding any. Kept alive on purpose: a frame often
+#: outlives the ``connect(...)`` expression that made it.
+_SESSIONS: dict[str, Bridge] = {}
+_LATEST: dict[str, Bridge] = {}
 
 
-def live_bridge(fhir: str | None) -> Bridge | None:
-    """The most recent live :class:`Bridge` to the FHIR base *fhir*, if any."""
-    return _LIVE.get(fhir) if fhir else None
+def live_bridge(provenance: Mapping[str, Any] | str | None) -> Bridge | None:
+    """The bridge that made a frame (from its provenance), else the latest to its server."""
+    if isinstance(provenance, Mapping):
+        found = _SESSIONS.get(str(provenance.get("session")))
+        if found is not None:
+            return found
+        provenance = provenance.get("fhir")
+    return _LATEST.get(provenance) if isinstance(provenance, str) else None
 
 
 def _auth_map(auth: Any, fhir: str) -> AuthMap:
@@ -116,7 +124,9 @@ class Bridge:
         self.fill_in_enabled = fill_in
         self._dicomweb_clients: dict[tuple[str, bool | None], DicomWebClient] = {}
         self._lock = threading.Lock()
-        _LIVE[redact_url(self.fhir.url) or self.fhir.url] = self
+        self.session_id = uuid.uuid4().hex
+        _SESSIONS[self.session_id] = self
+        _LATEST[redact_url(self.fhir.url) or self.fhir.url] = self
 
     def __repr__(self) -> str:
         return f"Bridge(fhir={self.fhir.url!r}, dicomweb={self.dicomweb!r}, joins={self.joins!r})"
@@ -195,6 +205,7 @@ class Bridge:
             "joins": self.joins,
             "retrieved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "imagingkit": __version__,
+            "session": self.session_id,
             **extra,
         }
 
