@@ -16,7 +16,7 @@ import threading
 from collections.abc import Generator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -32,9 +32,9 @@ SMART_FLAG = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/require
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    seen: list[tuple[str, dict[str, str]]] = []
+    seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         type(self).seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
         body = b"[]"
         self.send_response(200)
