@@ -108,15 +108,15 @@ def _reference_app() -> Any:
     return tornado.web.Application([(r"/fhircast/?", Post), (r"/fhircast/ws/(\w+)", Channel)])
 
 
-def _imagingkit_app() -> tuple[Any, Any]:
-    from imagingkit.fhircast.hub import FhircastHub
+def _imagingkit_app(ack_timeout: float) -> tuple[Any, Any]:
+    from imagingkit.fhircast.hub import FhircastHub, HubPolicy
     from imagingkit.server.app import make_app
 
-    hub = FhircastHub()
+    hub = FhircastHub(HubPolicy(ack_timeout=ack_timeout))
     return make_app([hub]), hub
 
 
-def hub_process(kind: str, ports: Any, stop: Any, profile: bool) -> None:
+def hub_process(kind: str, ports: Any, stop: Any, profile: bool, ack_timeout: float) -> None:
     """Serve one hub on 127.0.0.1 until *stop* is set; print a profile if asked."""
     import tornado.httpserver
     import tornado.netutil
@@ -127,7 +127,7 @@ def hub_process(kind: str, ports: Any, stop: Any, profile: bool) -> None:
         if kind == "reference":
             app, hub = _reference_app(), None
         else:
-            app, hub = _imagingkit_app()
+            app, hub = _imagingkit_app(ack_timeout)
         sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
         server = tornado.httpserver.HTTPServer(app)
         server.add_sockets(sockets)
@@ -154,7 +154,14 @@ def hub_process(kind: str, ports: Any, stop: Any, profile: bool) -> None:
 
 
 def subscriber_process(
-    url: str, first: int, count: int, events: int, results: Any, go: Any, progress: Any
+    url: str,
+    first: int,
+    count: int,
+    events: int,
+    results: Any,
+    go: Any,
+    progress: Any,
+    denials: Any,
 ) -> None:
     """Hold *count* imagingkit clients; record (subscriber, seq, receive time) per event."""
     import logging
@@ -193,6 +200,7 @@ def subscriber_process(
                 timeout=60,
             )
             client.add_listener(listener(i))
+            client.add_denial_listener(lambda denial: _count(denials))
             async with limit:
                 await client.start()
             clients.append(client)
@@ -211,6 +219,11 @@ def subscriber_process(
     asyncio.run(main())
 
 
+def _count(value: Any) -> None:
+    with value.get_lock():
+        value.value += 1
+
+
 # --------------------------------------------------------------------------- publisher
 
 
@@ -222,6 +235,7 @@ def publish_all(
     window: int,
     subscribers: int,
     progress: list[Any],
+    denials: Any,
 ) -> tuple[list[int], float]:
     """Publish *events*, never more than *window* ahead of what every subscriber received.
 
@@ -243,6 +257,12 @@ def publish_all(
             needed = subscribers * (seq - window + 1)
             deadline = time.monotonic() + 120
             while sum(p.value for p in progress) < needed and time.monotonic() < deadline:
+                if denials.value:
+                    raise SystemExit(
+                        f"{denials.value} subscriber(s) denied by the hub at event {seq} "
+                        "(no acknowledgement within the ack timeout: the machine is overloaded; "
+                        "see --ack-timeout)"
+                    )
                 time.sleep(0.0002)
         message = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
@@ -295,21 +315,25 @@ def run(
     window: int,
     procs: int,
     profile: bool,
+    ack_timeout: float = 10.0,
 ) -> Result:
     ctx = mp.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    hub = ctx.Process(target=hub_process, args=(kind, ports, stop, profile), daemon=True)
+    hub = ctx.Process(
+        target=hub_process, args=(kind, ports, stop, profile, ack_timeout), daemon=True
+    )
     hub.start()
     port = ports.get(timeout=60)
     url = f"http://127.0.0.1:{port}/fhircast"
     results, go = ctx.Queue(), ctx.Event()
     progress = [ctx.Value("q", 0, lock=False) for _ in range(procs)]
+    denials = ctx.Value("q", 0)
     shares = [subscribers // procs + (1 if i < subscribers % procs else 0) for i in range(procs)]
     workers = []
     for i, share in enumerate(shares):
         proc = ctx.Process(
             target=subscriber_process,
-            args=(url, sum(shares[:i]), share, events, results, go, progress[i]),
+            args=(url, sum(shares[:i]), share, events, results, go, progress[i], denials),
             daemon=True,
         )
         proc.start()
@@ -318,7 +342,7 @@ def run(
         if results.get(timeout=300) != "ready":
             raise SystemExit("subscribers failed to start")
     go.set()
-    sent, elapsed = publish_all(url, events, mode, rate, window, subscribers, progress)
+    sent, elapsed = publish_all(url, events, mode, rate, window, subscribers, progress, denials)
     received, sub_cpu, denied = [], 0.0, 0
     for _ in workers:
         part, cpu, part_denied = results.get(timeout=max(300, events))
@@ -388,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         "--window", type=int, default=10, help="burst: events in flight before waiting"
     )
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes")
+    parser.add_argument(
+        "--ack-timeout", type=float, default=10.0, help="imagingkit hub's ack timeout (2-5: 10 s)"
+    )
     parser.add_argument("--hubs", default="reference,imagingkit")
     parser.add_argument("--profile", action="store_true", help="profile the imagingkit hub")
     args = parser.parse_args(argv)
@@ -410,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.window,
                 args.procs,
                 args.profile and kind == "imagingkit",
+                args.ack_timeout,
             )
             results.append(result)
             clean = result.lost == result.duplicated == result.out_of_order == 0
