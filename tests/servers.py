@@ -7,6 +7,8 @@ the process it started, by its PID. Import from here (``from servers import …`
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import hashlib
 import http.client
@@ -69,6 +71,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: have Linux SIGTERM it when its parent dies.
+
+    ``prctl(PR_SET_PDEATHSIG)``: a test run killed hard (timeout, Ctrl-C twice) then leaves
+    no server behind. The parent is the *thread* that started the child, so start servers
+    from a thread that outlives them (fixtures run on the main thread).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -293,6 +306,7 @@ def start_orthanc(workdir: Path, timeout: float = 60, attempts: int = 3) -> Orth
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
+                preexec_fn=_die_with_parent,
             )
         server = OrthancServer(url=f"http://127.0.0.1:{port}", process=proc, workdir=workdir)
         deadline = time.monotonic() + timeout
@@ -372,6 +386,7 @@ def start_imagingkit(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=subprocess_env(data_dir),
+            preexec_fn=_die_with_parent,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
