@@ -213,3 +213,38 @@ def test_orthanc_serves_the_same_pixels(
     b = from_orthanc[from_orthanc["SeriesInstanceUID"] == uid].imaging.volume(progress=False)
     assert a.shape == b.shape and np.array_equal(a.array, b.array)
     assert np.allclose(a.spacing, b.spacing)
+
+
+def test_accessor_on_a_dask_cluster_download_and_frames(
+    full: pd.DataFrame, sandbox_server: ImagingkitServer, tmp_path: Path
+) -> None:
+    distributed = pytest.importorskip("distributed", reason="pip install imagingkit[dask]")
+    two = _ct_series(full).drop_duplicates("StudyInstanceUID").head(2)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
+        on_dask = two.imaging.volume(executor=dask_client, progress=False)
+    local = two.imaging.volume(progress=False)
+    assert isinstance(on_dask, dict) and isinstance(local, dict) and set(on_dask) == set(local)
+    for uid, volume in local.items():
+        assert np.array_equal(volume.array, on_dask[uid].array)
+    one = two.head(1)
+    saved = one.imaging.download(tmp_path, progress=False)
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert saved.ok and len(files) == int(one["NumberOfSeriesRelatedInstances"].iloc[0])
+    again = one.imaging.download(tmp_path, progress=False)  # resumable: nothing missing
+    assert again.ok and sorted(tmp_path.rglob("*.dcm")) == files
+    instances = (
+        imagingkit.connect(_fhir(sandbox_server))
+        .cohort()
+        .imaging(study_uid=one["StudyInstanceUID"].iloc[0])
+        .studies(level="instance")
+    )
+    first = instances[instances["SeriesInstanceUID"] == one["SeriesInstanceUID"].iloc[0]].head(1)
+    frames = first.imaging.frames((1,))
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    (payload,) = frames[first["SOPInstanceUID"].iloc[0]]
+    assert len(payload) == ds.Rows * ds.Columns * ds.BitsAllocated // 8
