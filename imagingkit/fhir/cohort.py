@@ -17,14 +17,15 @@ How the searches are split between server and client is :mod:`imagingkit.fhir.pl
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from imagingkit.errors import InvalidDateError, InvalidQueryError
+from imagingkit.errors import InvalidDateError, InvalidQueryError, OperationOutcomeError
 from imagingkit.fhir.capabilities import Capabilities
 from imagingkit.fhir.criteria import (
     BirthDate,
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from imagingkit.bridge import Bridge
 
 __all__ = ["Cohort"]
+
+log = logging.getLogger("imagingkit.fhir")
+_T = TypeVar("_T")
 
 
 def _range(value: Any, what: str) -> tuple[Any, Any]:
@@ -300,20 +304,34 @@ class Cohort:
 
     # -- running ------------------------------------------------------------------------
 
-    def _run(self, *, instances: bool = False, executor: Executor | None = None) -> _Result:
-        return _Execution(self, executor).run(instances=instances)
+    def _execute(
+        self, action: Callable[[_Execution], _T], executor: Executor | None, progress: bool
+    ) -> _T:
+        """Run *action* on the plan; if the server refuses (HTTP 400) a search its
+        CapabilityStatement declares, run it again with every join on the client."""
+        execution = _Execution(self, executor, progress)
+        try:
+            return action(execution)
+        except OperationOutcomeError as error:
+            caps = execution.plan.capabilities
+            pushed = caps.chaining or caps.reverse_chaining or bool(caps.includes)
+            if error.status != 400 or not pushed:
+                raise
+            log.warning("%s; the joins are made by imagingkit instead", error)
+            fallback = _Execution(self, executor, progress, forced_client_joins(caps))
+            return action(fallback)
 
     def count(self, level: str = "patient") -> int:
         """How many patients (default), studies, series or instances the cohort holds."""
         if level == "patient":
-            return len(self.patients())
-        frame = self.studies(level=level)
+            return len(self.patients(progress=False))
+        frame = self.studies(level=level, progress=False)
         return len(frame)
 
-    def patients(self, *, executor: Executor | None = None) -> pd.DataFrame:
+    def patients(self, *, executor: Executor | None = None, progress: bool = True) -> pd.DataFrame:
         """The cohort's patients: one row each (``patient_ref``, ``patient_id``, PatientID,
         IssuerOfPatientID, PatientSex, PatientBirthDate, gender), sorted by ``patient_ref``."""
-        result = _Execution(self, executor).run_patients()
+        result = self._execute(lambda run: run.run_patients(), executor, progress)
         frame = patient_frame(sorted(result, key=lambda p: p.key))
         frame.attrs["imagingkit"] = self.bridge.provenance(self, "patients", None)
         return frame
@@ -324,6 +342,7 @@ class Cohort:
         *,
         matching_series_only: bool = True,
         executor: Executor | None = None,
+        progress: bool = True,
     ) -> pd.DataFrame:
         """The cohort's imaging as a DataFrame (DESIGN.md D6).
 
@@ -337,6 +356,8 @@ class Cohort:
             each matching study.
         executor : concurrent.futures.Executor, optional
             Runs the batched searches (default: a thread pool of ``settings.concurrency``).
+        progress : bool
+            Show a progress bar (tqdm.auto) of the ImagingStudies received.
 
         Returns
         -------
@@ -345,7 +366,8 @@ class Cohort:
             :func:`imagingkit.from_provenance` pulls the same cohort again.
         """
         level = check_level(level)
-        result = _Execution(self, executor).run(instances=level == "instance")
+        instances = level == "instance"
+        result = self._execute(lambda run: run.run(instances=instances), executor, progress)
         series_filter = self._series_filter() if matching_series_only else None
         frame = studies_frame(
             result.collected,
@@ -392,11 +414,20 @@ def _batches(values: Sequence[str], size: int = ID_BATCH) -> Iterator[list[str]]
 class _Execution:
     """Runs a cohort's plan: searches in a bounded thread pool, joins on the client."""
 
-    def __init__(self, cohort: Cohort, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        cohort: Cohort,
+        executor: Executor | None,
+        progress: bool = False,
+        capabilities: Capabilities | None = None,
+    ) -> None:
         self.cohort = cohort
         self.client = cohort.bridge.fhir
-        self.plan = cohort.plan()
+        caps = capabilities or cohort.bridge.capabilities()
+        self.plan = make_plan(cohort.criteria, caps)
         self.executor = executor
+        self.progress = progress
+        self._bar: Any = None
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -405,7 +436,9 @@ class _Execution:
     ) -> Collected:
         collected = Collected()
         for bundle in self.client.pages(resource_type, with_count(params), instances=instances):
-            collected.add_bundle(bundle)
+            new = collected.add_bundle(bundle)
+            if self._bar is not None and new:
+                self._bar.update(new)
         return collected
 
     def _search_many(
@@ -478,18 +511,16 @@ class _Execution:
         )
         params = _with_includes(plan, list(plan.study_params))
         collected = Collected()
-        if patient_set is not None and not patient_set:
-            pass
-        elif (
-            patient_set is not None
-            and len(patient_set) <= MAX_ID_LIST
-            and plan.capabilities.supports("ImagingStudy", "patient")
-        ):
-            sets = [[*params, ("patient", ",".join(b))] for b in _batches(sorted(patient_set))]
-            for part in self._search_many("ImagingStudy", sets, instances=instances):
-                _merge(collected, part)
-        else:
-            collected = self._search("ImagingStudy", params, instances=instances)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(desc="ImagingStudy", unit=" studies", leave=False)
+        try:
+            self._study_step(collected, params, patient_set, instances)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
         collected.patients.update(known_patients)
         self._fill_references(collected)
         kept = []
@@ -509,6 +540,28 @@ class _Execution:
         )
         collected.studies = kept
         return _Result(collected, patient_set)
+
+    def _study_step(
+        self,
+        collected: Collected,
+        params: list[tuple[str, str]],
+        patient_set: set[str] | None,
+        instances: bool,
+    ) -> None:
+        """The ImagingStudy search: one, or one per batch of patient ids."""
+        if patient_set is not None and not patient_set:
+            return
+        if (
+            patient_set is not None
+            and len(patient_set) <= MAX_ID_LIST
+            and self.plan.capabilities.supports("ImagingStudy", "patient")
+        ):
+            sets = [[*params, ("patient", ",".join(b))] for b in _batches(sorted(patient_set))]
+            parts = self._search_many("ImagingStudy", sets, instances=instances)
+        else:
+            parts = [self._search("ImagingStudy", params, instances=instances)]
+        for part in parts:
+            _merge(collected, part)
 
     def _fill_references(self, collected: Collected) -> None:
         endpoint_refs = {

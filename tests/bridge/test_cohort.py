@@ -11,10 +11,13 @@ DataFrame again from its provenance.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tempfile
+import threading
 from collections.abc import Callable, Generator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pytest
@@ -236,8 +239,6 @@ def test_provenance_pulls_the_same_cohort_again(embedded: str) -> None:
     again = imagingkit.from_provenance(provenance)
     pd.testing.assert_frame_equal(frame, again)
     # JSON round trip, as a notebook would save it
-    import json
-
     pd.testing.assert_frame_equal(
         frame, imagingkit.from_provenance(json.loads(json.dumps(provenance)))
     )
@@ -333,3 +334,64 @@ def test_medplum_plan_falls_back_to_client_joins(medplum: str) -> None:
     instances = CASES["female-ct"][0](bridge.cohort()).studies(level="instance")
     ours = CASES["female-ct"][0](bridge.cohort()).studies(level="series")
     assert len(instances) == ours["NumberOfSeriesRelatedInstances"].sum()
+
+
+# --------------------------------------------------------------------------- a server that
+# declares _has but refuses it
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """Forwards GETs to the embedded store, answering 400 to any ``_has`` search."""
+
+    upstream = ""
+    refused: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        if "_has" in self.path:
+            type(self).refused.append(self.path)
+            body = json.dumps(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {"severity": "error", "code": "not-supported", "diagnostics": "no _has"}
+                    ],
+                }
+            ).encode()
+            status = 400
+        else:
+            answer = requests.get(self.upstream + self.path, timeout=120)
+            body, status = answer.content, answer.status_code
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_server_refusing_a_declared_search_falls_back_to_client_joins(
+    embedded: str, resources: list[Resource]
+) -> None:
+    origin = embedded.rsplit("/fhir", 1)[0]
+    _Refusing.upstream = origin
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+        build, expected = CASES["lung-nodule-by-age"]
+        bridge = imagingkit.connect(base)
+        assert bridge.capabilities().reverse_chaining  # it declares _has ...
+        frame = build(bridge.cohort()).studies()
+        assert _Refusing.refused  # ... refuses it, and the cohort is still right
+        assert set(frame["imaging_study_id"]) == oracle(resources, **expected)
+        reference = _frame(embedded, build, "auto")
+        pd.testing.assert_frame_equal(
+            _comparable(frame).drop(columns=["dicomweb_url"]),
+            _comparable(reference).drop(columns=["dicomweb_url"]),
+        )
+    finally:
+        server.shutdown()
+        thread.join(10)
