@@ -579,7 +579,7 @@ def test_default_and_large_plans_meet_their_size_promises() -> None:
 @pytest.mark.slow
 def test_default_sandbox_fits_binder() -> None:
     """≥ 40 patients, ≥ 80 studies, ≤ 300 MB on disk (generated once, then cached)."""
-    from conftest import cached_sandbox_data_dir
+    from servers import cached_sandbox_data_dir
 
     data_dir = cached_sandbox_data_dir(size="default", seed=42)
     root = sandbox_path(data_dir, "default", 42)
