@@ -105,7 +105,7 @@ def with_imagingkit(base: str, gender: str | None) -> pd.DataFrame:
     cohort = imagingkit.connect(base).cohort()
     if gender:
         cohort = cohort.patient(gender=gender)
-    return cohort.studies(level="series")
+    return cohort.studies(level="series", progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:

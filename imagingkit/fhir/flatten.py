@@ -276,8 +276,11 @@ def _is_accession(identifier: Identifier | None) -> bool:
 
 def _accession(study: Resource) -> str | None:
     for identifier in study.identifier:
-        if identifier.type is not None and _is_accession(identifier):
-            return identifier.value
+        kind = identifier.type
+        if kind is not None:
+            for coding in kind.coding:
+                if coding.code == _ACSN:
+                    return identifier.value
     for based in study.basedOn:
         if _is_accession(based.identifier):
             return based.identifier.value if based.identifier else None
@@ -393,7 +396,10 @@ def _build(
     series_filter: SeriesFilter | None,
 ) -> pd.DataFrame:
     studies = collected.studies
-    refs = [reference_key(ref) for ref in map(_SUBJECT, studies)]
+    refs = [
+        ref if ref is None or (ref.count("/") == 1 and ":" not in ref) else reference_key(ref)
+        for ref in map(_SUBJECT, studies)
+    ]
     patients = collected.patients
     patient_cache: dict[str | None, tuple[Any, Any, Any, Any]] = {}
     for ref in refs:
@@ -415,7 +421,9 @@ def _build(
         "StudyDate": started,
         "study_started": started,
         "StudyDescription": [s.description for s in studies],
-        "ModalitiesInStudy": [_modalities(s) for s in studies],
+        "ModalitiesInStudy": [
+            "\\".join([m.code for m in s.modality if m.code]) or _modalities(s) for s in studies
+        ],
         "NumberOfStudyRelatedSeries": [
             s.numberOfSeries if s.numberOfSeries is not None else (len(s.series) or None)
             for s in studies
