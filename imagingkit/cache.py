@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from imagingkit._process import pid_alive
 from imagingkit.config import Settings, get_settings
 from imagingkit.errors import ConfigError, InvalidInputError
 
@@ -159,16 +160,6 @@ def _human(size: int) -> str:
 def _slug(origin: str) -> str:
     text = re.sub(r"[^A-Za-z0-9.]+", "_", origin.split("://", 1)[-1]).strip("_")
     return text[:40] or "origin"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(path: Path) -> None:
@@ -317,7 +308,7 @@ class Cache:
             if pid == os.getpid():
                 continue
             try:
-                stale = pid < 0 or not _pid_alive(pid)
+                stale = pid < 0 or not pid_alive(pid)
                 stale = stale or now - path.stat().st_mtime > _STALE_TEMP_SECONDS
             except OSError:
                 continue

@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from imagingkit._process import pid_alive
 from imagingkit.errors import SandboxError
 from imagingkit.sandbox.cohort import CohortPlan, SeriesPlan, StudyPlan, plan_cohort
 
@@ -177,19 +178,9 @@ def _remove_abandoned(base: Path, name: str) -> None:
             continue
         parts = entry.name.split("-")
         pid = parts[-2] if ".tmp-" in entry.name and len(parts) >= 2 else None
-        if pid is not None and pid.isdigit() and _alive(int(pid)):
+        if pid is not None and pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _generator(kind: str) -> Callable[[StudyPlan, SeriesPlan, Path], int]:

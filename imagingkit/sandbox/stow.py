@@ -56,6 +56,7 @@ import tornado.web
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 
+from imagingkit._process import pid_alive
 from imagingkit.config import Settings
 from imagingkit.dicomjson import DicomJson, DicomJsonHeader, read_dicom_json
 from imagingkit.dicomweb.multipart import iter_parts, parse_media_type
@@ -393,7 +394,7 @@ def remove_stale_uploads(root: Path) -> int:
         return 0
     for temp in incoming.glob("*.part"):
         pid_text = temp.name.split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and pid_alive(int(pid_text)):
             continue
         if pid_text.isdigit() and int(pid_text) == os.getpid():
             continue
@@ -401,16 +402,6 @@ def remove_stale_uploads(root: Path) -> int:
             temp.unlink()
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- HTTP
