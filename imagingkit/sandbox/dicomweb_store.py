@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ class DicomWebStore:
         self.index = index
         self.root = index.root
         self.settings = settings
+        #: called with the Study Instance UIDs each STOW-RS request stored
+        self.on_stored: list[Callable[[set[str]], object]] = []
 
     @classmethod
     def for_folder(cls, root: Path, *, settings: Settings) -> DicomWebStore:
@@ -95,7 +98,7 @@ class DicomWebStore:
         rules: RouteList = []
         rules.extend(qido_routes(prefix, common))
         wado = wado_routes(self.index, prefix, self.settings)
-        rules.extend(stow_routes(prefix, common, wado))
+        rules.extend(stow_routes(prefix, common, wado, self.on_stored))
         return rules
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -414,6 +414,8 @@ class StowContext:
     index: DicomIndex
     settings: Settings
     prefix: str
+    #: called (on a worker thread) with the Study Instance UIDs that a request stored
+    listeners: list[Callable[[set[str]], object]] = field(default_factory=list)
 
 
 class _StowMixin(BaseHandler):
@@ -507,6 +509,13 @@ class _StowMixin(BaseHandler):
             None,
             lambda: store_instances(self.stow.index, parts, base_url=base, study_uid=study_uid),
         )
+        if outcome.stored:
+            studies = {url.rsplit("/studies/", 1)[1].split("/")[0] for url in outcome.study_urls}
+            for listener in self.stow.listeners:
+                try:
+                    await loop.run_in_executor(None, listener, studies)
+                except Exception:  # the instances are stored; a listener must not undo that
+                    log.exception("a STOW-RS listener failed for studies %s", sorted(studies))
         self.set_status(outcome.status)
         self.set_header("Content-Type", f"{media_type}; charset=utf-8")
         self.finish(json.dumps(outcome.response(), separators=(",", ":")))
@@ -537,13 +546,21 @@ def _is_study_pattern(pattern: str, prefix: str) -> bool:
     return bool(compiled.match(sample)) and not compiled.match(sample + "/series")
 
 
-def stow_routes(prefix: str, common: dict[str, Any], wado: RouteList) -> RouteList:
+def stow_routes(
+    prefix: str,
+    common: dict[str, Any],
+    wado: RouteList,
+    listeners: list[Callable[[set[str]], object]] | None = None,
+) -> RouteList:
     """The ``/studies`` and ``/studies/{s}`` routes with STOW-RS, plus the WADO-RS routes.
 
     The WADO-RS handler of ``/studies/{study}`` (if any) is combined with STOW-RS so the
-    same URL answers both ``GET`` (retrieve) and ``POST`` (store).
+    same URL answers both ``GET`` (retrieve) and ``POST`` (store). *listeners* are told
+    which studies each request stored (the FHIR store keeps its ImagingStudies in step).
     """
-    context = StowContext(common["index"], common["settings"], prefix)
+    context = StowContext(
+        common["index"], common["settings"], prefix, listeners if listeners is not None else []
+    )
     rules: RouteList = [
         (rf"{prefix}/studies/?", StudiesResource, {**common, "level": "study", "stow": context})
     ]

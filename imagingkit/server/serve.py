@@ -66,7 +66,7 @@ def build_components(
     """
     from imagingkit.fhircast.hub import FhircastHub
     from imagingkit.iid.facade import IidFacade
-    from imagingkit.sandbox.clinical import populate_fhir_store
+    from imagingkit.sandbox.clinical import populate_fhir_store, sync_imaging_from_index
     from imagingkit.sandbox.dicomweb_store import DicomWebStore
     from imagingkit.sandbox.fhir import FhirStore
     from imagingkit.sandbox.generate import ensure_sandbox
@@ -90,6 +90,8 @@ def build_components(
         fhir_name = f"sandbox-{size}-{seed}"
     fhir = FhirStore.for_data_dir(settings.data_dir, fhir_name, settings=settings)
     populate_fhir_store(fhir, store.index)  # the clinical record / DICOMcast-like sync
+    # and as files arrive through STOW-RS (DICOMcast-like, without waiting for a restart)
+    store.on_stored.append(lambda uids: sync_imaging_from_index(fhir, store.index, study_uids=uids))
     iid = IidFacade(timeout=settings.timeout, ohif=ohif_app is not None)
     components: list[Component] = [store, fhir, iid, BuiltinViewer(), FhircastHub()]
     if auth:
