@@ -23,9 +23,11 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+import msgspec
 import requests
 from fhirpy import SyncFHIRClient
 
@@ -33,7 +35,7 @@ from imagingkit.auth import AuthMap, origin_of
 from imagingkit.config import Settings, get_settings
 from imagingkit.errors import AuthError, FHIRError, OperationOutcomeError
 from imagingkit.fhir.capabilities import Capabilities
-from imagingkit.fhir.model import Bundle, decode_bundle
+from imagingkit.fhir.model import Bundle, Link, decode_bundle
 
 __all__ = ["FhirClient", "Params", "search_url"]
 
@@ -232,32 +234,43 @@ class FhirClient(SyncFHIRClient):
     ) -> Iterator[Bundle]:
         """Every page of a search, decoded (R4 http §3.1.0.14 paging).
 
-        Stops at the last page, when the server repeats a next link, or when a page
-        brings no resource not seen before (servers that ignore ``_offset``).
+        The next page is requested while the current one is decoded (its ``next`` link is
+        read first by a decoder that skips the entries), so the server's time and the
+        client's overlap. Stops at the last page, when the server repeats a next link, or
+        when a page brings no resource not seen before (servers that ignore ``_offset``).
         """
-        url: str | None = self.url_for(resource_type, params)
-        seen_links: set[str] = set()
+        url = self.url_for(resource_type, params)
+        seen_links: set[str] = {url}
         seen_ids: set[str] = set()
-        for _ in range(MAX_PAGES):
-            if url is None:
-                return
-            seen_links.add(url)
-            bundle = decode_bundle(self.get_bytes(url), instances=instances, url=url)
-            ids = {
-                f"{e.resource.resourceType}/{e.resource.id}"
-                for e in bundle.entry
-                if e.resource is not None
-            }
-            if bundle.entry and ids <= seen_ids:
-                log.warning("%s repeats a page: paging stopped", url)
-                return
-            seen_ids |= ids
-            yield bundle
-            link = bundle.next_url()
-            url = self._next(link, url) if link else None
-            if url in seen_links:
-                log.warning("%s links back to a page already read: paging stopped", url)
-                return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagingkit-page") as pool:
+            pending: Future[bytes] | None = pool.submit(self.get_bytes, url)
+            for _ in range(MAX_PAGES):
+                if pending is None:
+                    return
+                data = pending.result()
+                link = _next_link(data, url)
+                next_url = self._next(link, url) if link else None
+                repeated = next_url in seen_links
+                pending = None
+                if next_url is not None and not repeated:
+                    seen_links.add(next_url)
+                    pending = pool.submit(self.get_bytes, next_url)
+                bundle = decode_bundle(data, instances=instances, url=url)
+                ids = {
+                    f"{e.resource.resourceType}/{e.resource.id}"
+                    for e in bundle.entry
+                    if e.resource is not None
+                }
+                if bundle.entry and ids <= seen_ids:
+                    log.warning("%s repeats a page: paging stopped", url)
+                    _abandon(pending)
+                    return
+                seen_ids |= ids
+                yield bundle
+                if repeated:
+                    log.warning("%s links back to a page already read: paging stopped", next_url)
+                    return
+                url = next_url or url
         raise FHIRError(f"more than {MAX_PAGES} pages", url=url)
 
     def total(self, resource_type: str, params: Params) -> int | None:
@@ -270,6 +283,30 @@ class FhirClient(SyncFHIRClient):
     def close(self) -> None:
         """Close the session."""
         self.session.close()
+
+
+class _Links(msgspec.Struct, gc=False):
+    """Only ``Bundle.link``: the entries are skipped without building anything."""
+
+    link: list[Link] = []
+
+
+_LINKS = msgspec.json.Decoder(_Links)
+
+
+def _next_link(data: bytes, url: str) -> str | None:
+    """The ``next`` link of a page's raw JSON (None if absent or unreadable here: the full
+    decode that follows reports unreadable pages)."""
+    try:
+        links = _LINKS.decode(data).link
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return next((k.url for k in links if k.relation == "next" and k.url), None)
+
+
+def _abandon(pending: Future[bytes] | None) -> None:
+    if pending is not None:
+        pending.cancel()
 
 
 def _retry_after(value: str | None, attempt: int) -> float:
