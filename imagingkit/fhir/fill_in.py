@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from imagingkit.fhir.bodyparts import SNOMED_BY_BODY_PART
-from imagingkit.fhir.flatten import _categorical
+from imagingkit.fhir.flatten import categorical
 
 __all__ = ["fill_in", "split_study_url"]
 
@@ -83,7 +83,7 @@ def fill_in(frame: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> 
     for name, dtype in frame.dtypes.items():
         if isinstance(dtype, pd.CategoricalDtype):
             values = out[name].astype(object)
-            out[name] = _categorical(list(values.where(values.notna(), None)))
+            out[name] = categorical(list(values.where(values.notna(), None)))
         elif out[name].dtype != dtype:
             out[name] = out[name].astype(dtype)
     return out

@@ -56,6 +56,7 @@ __all__ = [
     "LEVELS",
     "Collected",
     "Level",
+    "categorical",
     "collect",
     "empty_frame",
     "flatten",
@@ -138,7 +139,7 @@ def _column(values: Sequence[Any], kind: str) -> Any:
     if kind == "str":
         return pd.array(np.asarray(values, dtype=object), dtype="string")
     if kind == "cat":
-        return _categorical(values)
+        return categorical(values)
     if kind == "int":
         # numpy turns None into NaN for a float array, in C; FHIR counts fit in float64
         floats = np.asarray(values, dtype=np.float64)
@@ -163,7 +164,8 @@ def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
     return codes, distinct
 
 
-def _categorical(values: Sequence[Any]) -> pd.Categorical:
+def categorical(values: Sequence[Any]) -> pd.Categorical:
+    """A ``category`` array with object categories in sorted order (the D6 code dtype)."""
     codes, distinct = _codes(values)
     return pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object))
 
@@ -565,7 +567,7 @@ def _expand_instances(
     for name, _kind in [*_STUDY, *_SERIES]:
         data[name] = data[name].take(repeat)
     data["SOPInstanceUID"] = _column(list(map(_UID, instances)), "str")
-    classes = _categorical(list(map(_SOP_CLASS, instances)))
+    classes = categorical(list(map(_SOP_CLASS, instances)))
     data["SOPClassUID"] = classes.rename_categories(
         {c: c.removeprefix("urn:oid:") for c in classes.categories}
     )

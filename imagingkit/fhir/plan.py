@@ -36,7 +36,15 @@ from imagingkit.fhir.criteria import (
     ObservationValue,
 )
 
-__all__ = ["ID_BATCH", "MAX_ID_LIST", "PAGE_SIZE", "Plan", "make_plan"]
+__all__ = [
+    "ID_BATCH",
+    "MAX_ID_LIST",
+    "PAGE_SIZE",
+    "ClinicalQuery",
+    "Plan",
+    "make_plan",
+    "with_count",
+]
 
 #: ``_count`` asked for on every search (servers may cap it).
 PAGE_SIZE = 500
