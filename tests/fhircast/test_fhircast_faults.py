@@ -6,6 +6,7 @@ import json
 import math
 import socket
 import threading
+import time
 
 from fhircast_helpers import (
     PATIENT,
@@ -44,6 +45,15 @@ def test_subscriber_that_never_acknowledges_is_dropped_without_harming_others(ma
         for i in range(20):
             assert publish(hub.url, numbered(topic, i)).status_code == 202
         client.wait_for("e0019")
+        # The well-behaved client's acks travel back asynchronously: advancing the fake
+        # clock before the hub has them would (rightly) drop that client too.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pending = sorted(s.pending_acks for s in hub.call(hub.hub.subscriptions, topic))
+            if pending == [0, 20]:
+                break
+            time.sleep(0.05)
+        assert pending == [0, 20], pending
         clock.advance(11)
         hub.call(hub.hub.sweep)
         error = client.wait_for("SyncError")
