@@ -6,10 +6,8 @@ log records reach ``caplog``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import tornado.web
 
 from imagingkit import smart
 from imagingkit.sandbox.authz import parse_scopes
+from imagingkit.sandbox.fhir.testing import serving_app
 from imagingkit.sandbox.token_endpoint import AuthServer, ClientRegistry, RegisteredClient
 
 __all__ = [
@@ -103,44 +102,6 @@ def token_for(token_url: str, client: Client, scope: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- servers on threads
-
-
-@contextmanager
-def serving_app(app: tornado.web.Application, timeout: float = 10.0) -> Iterator[str]:
-    """Serve a tornado *app* on 127.0.0.1 (free port) on a thread; yield its origin."""
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    def run() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-
-        async def start() -> None:
-            sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
-            server = tornado.httpserver.HTTPServer(app)
-            server.add_sockets(sockets)
-            state["port"] = sockets[0].getsockname()[1]
-            state["stop"] = asyncio.Event()
-            ready.set()
-            await state["stop"].wait()
-            server.stop()
-            await asyncio.wait_for(server.close_all_connections(), timeout=timeout)
-
-        state["loop"] = loop
-        try:
-            loop.run_until_complete(start())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=run, name="auth-test-server", daemon=True)
-    thread.start()
-    if not ready.wait(timeout):
-        raise RuntimeError("the test server did not start in time")
-    try:
-        yield f"http://127.0.0.1:{state['port']}"
-    finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        thread.join(timeout)
 
 
 @dataclass
