@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from imagingkit.fhir.client import FhirClient
     from imagingkit.fhir.cohort import Cohort
     from imagingkit.fhir.flatten import Collected
+    from imagingkit.subscriptions.live import LiveFrame
 
 __all__ = ["PROVENANCE_FORMAT", "Bridge", "connect", "from_provenance", "live_bridge"]
 
@@ -145,6 +146,21 @@ class Bridge:
         from imagingkit.fhir.cohort import Cohort
 
         return Cohort(self)
+
+    def watch(
+        self, query: Cohort | None = None, *, level: str = "series", **options: Any
+    ) -> LiveFrame:
+        """A live DataFrame of *query* kept current by a FHIR Subscription (issue 6).
+
+        *query* is a :class:`Cohort` of this bridge (default: every study); *options* go to
+        :class:`~imagingkit.subscriptions.live.LiveFrame`. See :mod:`imagingkit.subscriptions`.
+        """
+        from imagingkit.subscriptions.live import LiveFrame
+
+        cohort = self.cohort() if query is None else query
+        if getattr(cohort, "bridge", None) is not self:
+            raise InvalidInputError("watch() takes a cohort built with this bridge's cohort()")
+        return LiveFrame(cohort, level=level, **options)
 
     # -- DICOMweb side ------------------------------------------------------------------
 
