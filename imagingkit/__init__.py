@@ -29,9 +29,18 @@ from imagingkit.errors import ImagingKitError
 
 __version__ = "0.1.0"
 
-__all__ = ["Bridge", "Cohort", "ImagingKitError", "__version__", "connect", "from_provenance"]
+__all__ = [
+    "Bridge",
+    "Cohort",
+    "ImagingKitError",
+    "__version__",
+    "connect",
+    "context",
+    "from_provenance",
+]
 
 if TYPE_CHECKING:
+    from imagingkit import context
     from imagingkit.bridge import Bridge, connect, from_provenance
     from imagingkit.fhir.cohort import Cohort
 
@@ -43,7 +52,13 @@ _LAZY = {
 }
 
 
+#: subpackages loaded on first attribute access (``imagingkit.context.current()``)
+_SUBMODULES = {"context"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"imagingkit.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'imagingkit' has no attribute {name!r}")
