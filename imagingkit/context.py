@@ -775,7 +775,7 @@ def _lookup(uid: str, bridge: Bridge | None, provenance: Any = None) -> Any:
             f"to select Study Instance UID {uid} the context must find its ImagingStudy: "
             "pass bridge=imagingkit.connect(...), set ctx.bridge, or pass a cohort row"
         )
-    frame = bridge.cohort().imaging(study_uid=uid).studies(level="study")
+    frame = bridge.cohort().imaging(study_uid=uid).studies(level="study", progress=False)
     frame = frame[frame["StudyInstanceUID"] == uid]
     if len(frame) == 0:
         raise InvalidInputError(f"no ImagingStudy on {bridge.fhir.url} has StudyInstanceUID {uid}")
