@@ -537,6 +537,8 @@ class AsyncSubscriptionListener:
                 self._handle_frame(frame)
 
     def _handle_frame(self, frame: str | bytes) -> None:
+        if _control(frame):
+            return
         try:
             notes = parse_notifications(frame)
         except InvalidInputError as exc:
@@ -821,18 +823,38 @@ class AsyncSubscriptionListener:
 
 
 def _outcome(frame: str | bytes) -> str | None:
-    """The text of an OperationOutcome frame (Medplum answers a bad token with one)."""
+    """The text of an error frame: a bare OperationOutcome (Medplum) or
+    ``{"type": "error", "payload": OperationOutcome}``; None for anything else."""
     try:
         data = json.loads(frame)
     except (ValueError, UnicodeDecodeError):
-        return None
+        text = frame if isinstance(frame, str) else ""
+        return text[6:].strip() or "error" if text.startswith("error") else None
+    if isinstance(data, dict) and data.get("type") == "error":
+        data = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        if not data.get("resourceType"):
+            return "error"
     if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome":
         issues = [i for i in data.get("issue") or [] if isinstance(i, dict)]
-        return "; ".join(
-            str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
-            for i in issues
+        return (
+            "; ".join(
+                str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
+                for i in issues
+            )
+            or "error"
         )
     return None
+
+
+def _control(frame: str | bytes) -> bool:
+    """A channel control frame (``pong``), not a notification."""
+    if isinstance(frame, str) and frame.strip() == "pong":
+        return True
+    try:
+        data = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("type") == "pong"
 
 
 # --------------------------------------------------------------------------- blocking API
