@@ -23,6 +23,7 @@ Jupyter Server with TLS) anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ import tornado.ioloop
 import tornado.iostream
 import tornado.web
 import tornado.websocket
+from tornado.util import _websocket_mask
 
 from imagingkit.errors import FHIRcastError, InvalidInputError
 from imagingkit.fhircast import protocol
@@ -831,7 +833,13 @@ class _ChannelHandler(tornado.websocket.WebSocketHandler):
         return True
 
     def send_frame(self, frame: bytes) -> bool:
-        """Write a pre-built unmasked text frame (see :func:`text_frame`)."""
+        """Write a pre-built unmasked text frame (see :func:`text_frame`).
+
+        On a plain TCP stream with nothing queued the frame goes straight to the socket
+        (one ``send``, no write future); whatever the kernel does not take, and every
+        frame while tornado still has bytes queued, goes through the stream, so frames
+        keep their order.
+        """
         conn = self.ws_connection
         if conn is None or conn.is_closing():
             return False
@@ -839,10 +847,129 @@ class _ChannelHandler(tornado.websocket.WebSocketHandler):
         if stream is None or getattr(conn, "_compressor", None) is not None:
             return self.send_text(_frame_payload(frame).decode("utf-8"))
         try:
+            if type(stream) is tornado.iostream.IOStream and not stream.writing():
+                try:
+                    sent = stream.socket.send(frame)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent = 0  # the stream's own write reports the failure and closes
+                if sent == len(frame):
+                    return True
+                frame = frame[sent:]
             stream.write(frame)  # the stream silences errors of its own futures
         except tornado.iostream.StreamClosedError:
             return False
         return True
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        """Use :class:`_BatchedProtocol` (same protocol, cheaper frame reading)."""
+        proto = super().get_websocket_protocol()
+        if isinstance(proto, tornado.websocket.WebSocketProtocol13) and _BATCHED_READS:
+            proto.__class__ = _BatchedProtocol
+        return proto
+
+
+_BATCHED_READS = all(
+    hasattr(tornado.websocket.WebSocketProtocol13, name)
+    for name in ("_receive_frame_loop", "_handle_message", "_abort")
+)
+
+
+class _BatchedProtocol(tornado.websocket.WebSocketProtocol13):
+    """RFC 6455 frame reading that parses every complete frame of one read at once.
+
+    Tornado reads a frame with three or four awaited ``read_bytes`` calls (header,
+    length, mask, payload), each with its own future; acknowledgements are small
+    frames, so that bookkeeping cost more than the acknowledgement itself. This loop
+    awaits one partial read and splits all complete frames in it (RFC 6455 §5.2),
+    then hands each message to tornado's own ``_handle_message`` (close, ping, pong,
+    UTF-8 checks), so behaviour is tornado's. With per-message compression negotiated
+    it falls back to tornado's loop.
+    """
+
+    _message_opcode = 0  # opcode of the fragmented message being collected
+
+    async def _receive_frame_loop(self) -> None:
+        if self._decompressor is not None or self.stream is None:
+            await super()._receive_frame_loop()
+            return
+        stream = self.stream
+        limit = self.params.max_message_size
+        buf = bytearray()
+        work = 0
+        try:
+            while not self.client_terminated:
+                chunk = await stream.read_bytes(65536, partial=True)
+                self._wire_bytes_in += len(chunk)
+                buf += chunk
+                pos = await self._frames(buf, limit)
+                if pos:
+                    del buf[:pos]
+                work += len(chunk)
+                if work >= 256 * 1024:  # let other sockets in (tornado does the same)
+                    work = 0
+                    await asyncio.sleep(0)
+        except tornado.iostream.StreamClosedError:
+            self._abort()
+        finally:
+            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    async def _frames(self, buf: bytearray, limit: int) -> int:
+        """Handle every complete frame at the start of *buf*; return the bytes used."""
+        pos, size = 0, len(buf)
+        while size - pos >= 2 and not self.client_terminated:
+            first, second = buf[pos], buf[pos + 1]
+            fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
+            if first & 0x70 or (opcode & 0x8 and (length >= 126 or not fin)):
+                self._abort()  # undefined extension bits; bad control frame (§5.5)
+                return pos
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+            fragments = self._fragmented_message_buffer
+            if length + (len(fragments) if fragments is not None else 0) > limit:
+                self.close(1009, "message too big")
+                self._abort()
+                return pos
+            mask = None
+            if second & 0x80:
+                mask = bytes(buf[pos + head : pos + head + 4])
+                head += 4
+            end = pos + head + length
+            if end > size:
+                break
+            data = bytes(buf[pos + head : end])
+            pos = end
+            if mask is not None:
+                data = _websocket_mask(mask, data)
+            if opcode == 0:  # continuation
+                if fragments is None:
+                    self._abort()
+                    return pos
+                fragments.extend(data)
+                if not fin:
+                    continue
+                opcode, data = self._message_opcode, bytes(fragments)
+                self._fragmented_message_buffer = None
+            elif not opcode & 0x8:
+                if fragments is not None:
+                    self._abort()  # a new message inside a fragmented one
+                    return pos
+                if not fin:
+                    self._message_opcode = opcode
+                    self._fragmented_message_buffer = bytearray(data)
+                    continue
+            handled = self._handle_message(opcode, data)
+            if handled is not None:
+                await handled
+        return pos
 
 
 def text_frame(text: str) -> bytes:
