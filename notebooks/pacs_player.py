@@ -182,8 +182,8 @@ class PacsProcess:
             print(line, flush=True)
         return line
 
-    def expect(self, text: str, timeout: float = 60) -> str:
-        """Print the player's lines until one contains *text*; return that line.
+    def expect(self, text: str, timeout: float = 60) -> None:
+        """Print the player's lines until one contains *text* (kept in :attr:`lines`).
 
         Raises
         ------
@@ -194,7 +194,7 @@ class PacsProcess:
         try:
             while (line := self._next(deadline)) is not None:
                 if text in line:
-                    return line
+                    return
         except queue.Empty:
             raise TimeoutError(f"the PACS player printed no {text!r} in {timeout:g} s") from None
         self._queue.put(None)  # keep the end mark for finish()

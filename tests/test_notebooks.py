@@ -76,3 +76,24 @@ def test_images_into_pandas_against_the_served_sandbox(
         if "image/png" in o.get("data", {}) or "image/jpeg" in o.get("data", {})
     ]
     assert images, "the montage and thumbnails should be displayed"
+
+
+def test_context_sync_follows_a_pacs_and_drives_it(
+    sandbox_server: ImagingkitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGINGKIT_SERVER_URL", sandbox_server.url)
+    notebook = _execute("04-context-sync.ipynb")
+    text = _outputs(notebook)
+    assert "follow callback runs: 3 | errors: 0" in text  # one per study the PACS opened
+    assert "PACS: received the notebook's selection: MRI BRAIN" in text
+    assert "follow callback runs (unchanged): 3" in text  # its own echo is not followed
+    assert "PACS exit status: 0" in text
+    assert "current study: None" in text  # the PACS closed it
+    assert "InvalidUIDError" in text
+    thumbnails = [
+        o
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if "image/jpeg" in o.get("data", {})
+    ]
+    assert len(thumbnails) >= 3
