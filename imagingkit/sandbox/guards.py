@@ -252,7 +252,10 @@ def _guarded(
 
     class Guarded(handler_class):  # type: ignore[valid-type,misc]
         async def prepare(self) -> None:
-            if self.request.method != "OPTIONS":  # CORS preflights carry no credentials
+            if getattr(self, "authenticates_itself", False):
+                # a websocket: its credentials come in its own messages (binding tokens)
+                self.imagingkit_guard = guard
+            elif self.request.method != "OPTIONS":  # CORS preflights carry no credentials
                 await guard.admit(self, prefix)
             parent = super().prepare()
             if parent is not None:

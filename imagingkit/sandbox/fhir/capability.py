@@ -18,6 +18,7 @@ from imagingkit.sandbox.fhir.searchparams import (
     SEARCH_PARAMETERS,
     SearchParam,
 )
+from imagingkit.sandbox.fhir.subscriptions.discovery import advertise_subscriptions
 
 __all__ = ["INSTANCE_INTERACTIONS", "SYSTEM_INTERACTIONS", "capability_statement"]
 
@@ -95,7 +96,7 @@ def capability_statement(fhir_base: str, *, date: str) -> dict[str, Any]:
     date : str
         When the statement was produced (a FHIR dateTime).
     """
-    return {
+    statement = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -122,3 +123,4 @@ def capability_statement(fhir_base: str, *, date: str) -> dict[str, Any]:
             }
         ],
     }
+    return advertise_subscriptions(statement, fhir_base)

@@ -686,6 +686,13 @@ _TABLE: tuple[SearchParam, ...] = (
     _p("RiskAssessment", "probability", "number", "RiskAssessment.prediction.probability"),
     _p("RiskAssessment", "risk", "token", "RiskAssessment.prediction.qualitativeRisk"),
     _p("RiskAssessment", "subject", "reference", "RiskAssessment.subject", "Group Patient"),
+    # Subscription (R4 subscription.html; served for sandbox/fhir/subscriptions)
+    _p("Subscription", "contact", "token", "Subscription.contact"),
+    _p("Subscription", "criteria", "string", "Subscription.criteria"),
+    _p("Subscription", "payload", "token", "Subscription.channel.payload"),
+    _p("Subscription", "status", "token", "Subscription.status"),
+    _p("Subscription", "type", "token", "Subscription.channel.type"),
+    _p("Subscription", "url", "uri", "Subscription.channel.endpoint"),
 )
 
 #: The resource types the store serves, in CapabilityStatement order.
@@ -698,6 +705,7 @@ RESOURCE_TYPES: tuple[str, ...] = (
     "Encounter",
     "DiagnosticReport",
     "RiskAssessment",
+    "Subscription",
 )
 
 #: ``{resource type: {code: SearchParam}}``, type-specific parameters only.

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import array
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from imagingkit.sandbox.fhir.dates import format_instant, now_instant
 from imagingkit.sandbox.fhir.indexing import INDEX_TABLES, extract_rows
 
 __all__ = ["SCHEMA_VERSION", "Storage", "Stored"]
+
+log = logging.getLogger("imagingkit.fhir")
 
 SCHEMA_VERSION = "1"
 
@@ -199,6 +202,13 @@ class Storage:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._depth = 0
+        #: called after each COMMIT (still under the lock) with the versions it wrote, in
+        #: order; a rolled-back transaction calls nothing (FHIR Subscriptions use this)
+        self.commit_hooks: list[Callable[[list[Stored]], None]] = []
+        #: ``{resource type: check}`` run by :meth:`write` before storing; a check may
+        #: normalise the resource or raise to refuse the write (and roll back)
+        self.write_checks: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._written: list[Stored] = []
         try:
             self.conn = sqlite3.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=30
@@ -264,11 +274,22 @@ class Storage:
                 yield
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._written = []
                 raise
             else:
                 self.conn.execute("COMMIT")
             finally:
                 self._depth = 0
+            written, self._written = self._written, []
+            if written:
+                self._after_commit(written)
+
+    def _after_commit(self, written: list[Stored]) -> None:
+        for hook in list(self.commit_hooks):
+            try:
+                hook(written)
+            except Exception:  # the data is committed: a hook's failure must not undo that
+                log.exception("FHIR store commit hook %r failed", hook)
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -382,6 +403,9 @@ class Storage:
         """
         self._require_transaction()
         rtype, rid_text = resource["resourceType"], resource["id"]
+        check = self.write_checks.get(rtype)
+        if check is not None:
+            check(resource)
         previous = self.conn.execute(
             "SELECT rid, version FROM resource WHERE type = ? AND id = ?", (rtype, rid_text)
         ).fetchone()
@@ -399,6 +423,8 @@ class Storage:
         rid = self._append(previous, rtype, rid_text, version, updated_ms, method, body)
         self._reindex(rid, rtype, rows, fresh=previous is None)
         stored = Stored(rid, rtype, rid_text, version, updated_ms, False, body, method)
+        if self.commit_hooks:
+            self._written.append(stored)
         stored.keep(resource)
         return stored
 
@@ -414,7 +440,10 @@ class Storage:
         updated_ms, _ = now_instant()
         rid = self._append(previous, type_, id_, version, updated_ms, "DELETE", None)
         self._reindex(rid, type_, None)
-        return Stored(rid, type_, id_, version, updated_ms, True, None, "DELETE")
+        stored = Stored(rid, type_, id_, version, updated_ms, True, None, "DELETE")
+        if self.commit_hooks:
+            self._written.append(stored)
+        return stored
 
     def _append(
         self,

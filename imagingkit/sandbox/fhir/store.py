@@ -7,6 +7,10 @@ the same process use its Python API, which has the same semantics as the REST AP
 Endpoint addresses: store ``"address": "urn:imagingkit:dicomweb-base"`` and every response
 renders it as the DICOMweb base URL of the app as the client reached it (see
 :mod:`.representation`).
+
+FHIR Subscriptions (R4 legacy and Backport topic-based, websocket and rest-hook) are
+served by :attr:`FhirStore.subscriptions` (:mod:`.subscriptions`): every write, whatever
+its path, is matched after it commits.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from imagingkit.sandbox.fhir.interactions import Interactions
 from imagingkit.sandbox.fhir.repository import validate_resource
 from imagingkit.sandbox.fhir.representation import BaseUrls
 from imagingkit.sandbox.fhir.storage import Storage
+from imagingkit.sandbox.fhir.subscriptions.routes import observing, subscription_routes
+from imagingkit.sandbox.fhir.subscriptions.service import SubscriptionService
 from imagingkit.server.app import RouteList
 
 __all__ = ["FhirStore"]
@@ -53,6 +59,8 @@ class FhirStore:
         self.storage = Storage(self.db_path)
         self.interactions = Interactions(self.storage)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagingkit-fhir")
+        #: Subscriptions: lifecycle, change detection, websocket and rest-hook delivery
+        self.subscriptions = SubscriptionService(self.storage, self._executor, mount=self.mount)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, name: str, *, settings: Settings) -> FhirStore:
@@ -61,7 +69,19 @@ class FhirStore:
 
     def routes(self, prefix: str) -> RouteList:
         """Tornado rules serving the REST API below *prefix* (``{base_url}fhir``)."""
-        return fhir_routes(prefix, self.interactions, self._executor, self.mount)
+        kwargs = {
+            "interactions": self.interactions,
+            "executor": self._executor,
+            "prefix": prefix,
+            "mount": self.mount,
+        }
+        return [
+            *subscription_routes(prefix, self.subscriptions, kwargs),
+            *observing(
+                fhir_routes(prefix, self.interactions, self._executor, self.mount),
+                self.subscriptions,
+            ),
+        ]
 
     # -- in-process API -----------------------------------------------------------------
 
@@ -144,6 +164,7 @@ class FhirStore:
         return body
 
     def close(self) -> None:
-        """Stop the worker thread and close the database."""
+        """Stop Subscription deliveries and the worker thread, then close the database."""
+        self.subscriptions.close()
         self._executor.shutdown(wait=True)
         self.storage.close()

@@ -1,0 +1,1 @@
+"""Delivery channels of the store's Subscriptions: ``websocket`` and ``rest-hook``."""
