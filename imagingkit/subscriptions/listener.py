@@ -397,8 +397,9 @@ class AsyncSubscriptionListener:
             raise FHIRError(f"could not open the subscription websocket: {exc}") from exc
 
     async def _connect_token(self) -> None:
+        # GET: Medplum routes only GET; the Backport IG allows both (no input but the id)
         answer = await self._json(
-            "post", f"Subscription/{self.subscription_id}/$get-ws-binding-token"
+            "get", f"Subscription/{self.subscription_id}/$get-ws-binding-token"
         )
         token = parse_binding_token(answer)
         url = same_origin_websocket(token.websocket_url, self.fhir.url)

@@ -378,4 +378,4 @@ class LiveFrame:
         )
         if self.error is not None:
             head += f"<p>last error: {html.escape(str(self.error))}</p>"
-        return head + df.head(_HTML_ROWS).to_html(escape=True, max_cols=12)
+        return head + df.head(_HTML_ROWS).to_html(escape=True)
