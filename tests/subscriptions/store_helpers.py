@@ -125,12 +125,12 @@ def parameters_of(bundle: dict[str, Any]) -> dict[str, Any]:
         if item["name"] == "notification-event":
             parts = {}
             for part in item["part"]:
-                value = [v for k, v in part.items() if k.startswith("value")][0]
+                value = next(v for k, v in part.items() if k.startswith("value"))
                 parts[part["name"]] = value["reference"] if isinstance(value, dict) else value
             out["notification-event"].append(parts)
         else:
-            value = [v for k, v in item.items() if k.startswith("value")][0]
-            out[item["name"]] = value
+            value = next(v for k, v in item.items() if k.startswith("value"))
+            out[item["name"]] = value["reference"] if isinstance(value, dict) else value
     return out
 
 
@@ -269,6 +269,6 @@ def binding_token(base: str, sub_id: str, **kwargs: Any) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     return {
-        p["name"]: [v for k, v in p.items() if k.startswith("value")][0]
+        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
         for p in response.json()["parameter"]
     }

@@ -214,7 +214,7 @@ class SubscriptionSocket(tornado.websocket.WebSocketHandler):
             self._error(f"frame of {len(message)} characters is too long (max {_MAX_FRAME})", False)
             return
         text = message.strip()
-        if text.startswith("{"):
+        if text.startswith(("{", "[")):
             await self._on_json(text)
             return
         verb, _, rest = text.partition(" ")
