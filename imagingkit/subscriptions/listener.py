@@ -180,6 +180,10 @@ class AsyncSubscriptionListener:
         it and *criteria* is on ImagingStudy; ``None`` forces a legacy criteria Subscription.
     subscription_id : str, optional
         Adopt this existing Subscription instead of creating one.
+    after_event : int, optional
+        Resume after this event number (e.g. ``tracker.contiguous`` of an earlier
+        listener): later events the handshake reports are replayed with ``$events``.
+        Default: start with the events that follow the first handshake.
     content : {"empty", "id-only", "full-resource"}
         Payload content asked of a topic Subscription.
     heartbeat_period : int, optional
@@ -213,6 +217,7 @@ class AsyncSubscriptionListener:
         *,
         topic: str | None = "auto",
         subscription_id: str | None = None,
+        after_event: int | None = None,
         content: str = "id-only",
         heartbeat_period: int | None = 30,
         binding: str = "auto",
@@ -252,6 +257,8 @@ class AsyncSubscriptionListener:
         self.channel = ""  # "token" or "bind"
         self.error: ImagingKitError | None = None
         self.tracker = EventTracker(grace=grace)
+        if after_event is not None:
+            self.tracker.baseline(after_event)
         self._events_supported = True
         self._created = False
         self._since: dt.datetime | None = None
@@ -788,22 +795,31 @@ class AsyncSubscriptionListener:
     # -- closing ------------------------------------------------------------------------
 
     async def _cleanup_subscription(self) -> None:
+        await asyncio.to_thread(self.cleanup_subscription)
+
+    def cleanup_subscription(self) -> None:
+        """Delete or switch off the Subscription as ``on_close`` says (blocking HTTP).
+
+        Runs on the caller's thread: at interpreter exit no new worker thread may start.
+        """
         action = self.on_close
         if not self.subscription_id or action in (None, "keep"):
             return
         path = f"Subscription/{self.subscription_id}"
         try:
             if action == "delete":
-                await self._json("delete", path)
+                self.fhir.execute(path, "delete")
             elif action == "off":
-                sub = await self._json("get", path)
+                sub = self.fhir.execute(path, "get")
                 if isinstance(sub, Mapping):
-                    await self._json("put", path, {**sub, "status": "off"})
-        except (ImagingKitError, asyncio.TimeoutError) as exc:
+                    self.fhir.execute(path, "put", {**sub, "status": "off"})
+        except ImagingKitError as exc:
             log.warning("could not %s %s: %s", action, path, exc)
+        self.on_close = "keep"  # done: never twice
 
-    async def close(self) -> None:
-        """Close the socket, stop listening and delete/switch off the Subscription."""
+    async def close(self, cleanup: bool = True) -> None:
+        """Close the socket, stop listening and (*cleanup*) delete/switch off the
+        Subscription."""
         if self._closing:
             return
         self._closing = True
@@ -819,7 +835,8 @@ class AsyncSubscriptionListener:
                 await self._runner
         for task in list(self._tasks):
             task.cancel()
-        await self._cleanup_subscription()
+        if cleanup:
+            await self._cleanup_subscription()
         self._set_status("closed")
 
 
@@ -832,7 +849,8 @@ def _outcome(frame: str | bytes) -> str | None:
         text = frame if isinstance(frame, str) else ""
         return text[6:].strip() or "error" if text.startswith("error") else None
     if isinstance(data, dict) and data.get("type") == "error":
-        data = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        payload = data.get("payload")
+        data = payload if isinstance(payload, dict) else {}
         if not data.get("resourceType"):
             return "error"
     if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome":
@@ -1038,9 +1056,10 @@ class SubscriptionListener:
         _OPEN.discard(self)
         if self._lt.alive:
             with contextlib.suppress(ImagingKitError):
-                self._run(self._client.close(), timeout * 3)
+                self._run(self._client.close(cleanup=False), timeout * 3)
         self._lt.stop(timeout)
         self._dispatcher.stop(timeout)
+        self._client.cleanup_subscription()  # here: works at interpreter exit too
 
     def __enter__(self) -> SubscriptionListener:
         return self

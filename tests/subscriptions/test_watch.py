@@ -206,3 +206,27 @@ def test_watch_refuses_what_is_not_a_cohort_of_this_bridge(query: Any) -> None:
     bridge = imagingkit.connect(fhir="http://127.0.0.1:9/fhir")
     with pytest.raises(imagingkit.errors.InvalidInputError, match="cohort"):
         bridge.watch(query)
+
+
+def test_events_missed_while_away_are_replayed_by_the_store(tmp_path: Path) -> None:
+    with serving_store(tmp_path) as (base, _store):
+        seed(base)
+        client = imagingkit.connect(fhir=base).fhir
+        options: dict[str, Any] = {"grace": 0.2, "backoff": (0.05, 1.0)}
+        first = SubscriptionListener(client, "ImagingStudy", on_close="keep", **options)
+        try:
+            put(base, study("s9", "CT"))
+            assert first.wait_for("ImagingStudy/s9", timeout=30).number == 1
+            resume_after = first.tracker.contiguous
+        finally:
+            first.close()
+        put(base, study("s10", "CT"))  # nobody listening: event 2 is only recorded
+        put(base, study("s11", "MR"))  # event 3
+        with SubscriptionListener(
+            client, subscription_id=first.subscription_id, after_event=resume_after, **options
+        ) as second:
+            replayed = [second.wait_for(f"ImagingStudy/{i}", timeout=30) for i in ("s10", "s11")]
+            assert [(c.number, c.source) for c in replayed] == [(2, "events"), (3, "events")]
+            assert replayed[0].resource is not None and replayed[0].resource["id"] == "s10"
+            assert second.stats.gaps_detected == 1 and second.stats.recoveries == 1
+            assert second.tracker.contiguous == 3
