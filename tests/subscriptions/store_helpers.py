@@ -50,12 +50,14 @@ def patient(id_: str) -> dict[str, Any]:
 
 
 def study(id_: str, patient_id: str, *, status: str = "available", modality: str = "CT") -> dict:
+    coding = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}
     return {
         "resourceType": "ImagingStudy",
         "id": id_,
         "status": status,
         "subject": {"reference": f"Patient/{patient_id}"},
-        "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}],
+        "modality": [coding],
+        "series": [{"uid": "1.2.3", "modality": coding}],  # the `modality` search parameter
     }
 
 
@@ -130,7 +132,7 @@ def parameters_of(bundle: dict[str, Any]) -> dict[str, Any]:
             out["notification-event"].append(parts)
         else:
             value = next(v for k, v in item.items() if k.startswith("value"))
-            out[item["name"]] = value["reference"] if isinstance(value, dict) else value
+            out[item["name"]] = value.get("reference", value) if isinstance(value, dict) else value
     return out
 
 
