@@ -46,6 +46,7 @@ log = logging.getLogger("imagingkit.subscriptions")
 _ID = "imaging_study_id"
 _ORDER = ["patient_ref", "study_started", _ID]
 _HTML_ROWS = 20
+_MAX_RETRIES = 5  # consecutive failed re-checks of the same studies before giving up
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ class LiveFrame:
                 self._cond.notify_all()
 
     def _work(self) -> None:
+        failures = 0
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
@@ -265,9 +267,20 @@ class LiveFrame:
                 ids, self._pending = sorted(self._pending), set()
             try:
                 self.apply(ids)
-            except ImagingKitError as exc:
-                self.error = exc
-                log.warning("live frame re-check of %d studies failed: %s", len(ids), exc)
+                failures = 0
+            except Exception as exc:  # the worker must survive anything a server does
+                failures += 1
+                self.error = (
+                    exc if isinstance(exc, ImagingKitError) else FHIRError(f"re-check: {exc!r}")
+                )
+                if failures > _MAX_RETRIES:
+                    log.error("live frame gave up re-checking %s: %s", ids, exc)
+                    failures = 0
+                    continue
+                log.warning("live frame re-check failed (%s); retrying", exc)
+                with self._cond:
+                    self._pending.update(ids)  # e.g. the server restarts: try again
+                    self._cond.wait(min(5.0, 0.5 * 2**failures))
 
     def _rows_for(self, ids: Sequence[str]) -> pd.DataFrame:
         """The rows the cohort gives now for the studies *ids* (its own plan, plus ``_id``)."""
