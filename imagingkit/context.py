@@ -384,20 +384,20 @@ class NotebookContext(HasTraits):
             found_patient = _patient_resource(patient)
             resource.setdefault("subject", {"reference": f"Patient/{found_patient['id']}"})
         client = self._client
+        ours = True
         if client is not None:
-            last = None
             if found_patient is not None:
-                last = client.open_patient(found_patient)
-            last = client.open_study(resource, found_patient)
-            self._await_echo(client, last)
+                client.open_patient(found_patient)
+            ours = self._await_echo(client, client.open_study(resource, found_patient))
         with self._lock, self.hold_trait_notifications():
             self.selection = copy.deepcopy(resource)
-            self._set(
-                "ImagingStudy",
-                copy.deepcopy(found_patient) or _subject_reference(resource),
-                copy.deepcopy(resource),
-                None,
-            )
+            if ours:
+                self._set(
+                    "ImagingStudy",
+                    copy.deepcopy(found_patient) or _subject_reference(resource),
+                    copy.deepcopy(resource),
+                    None,
+                )
         return self
 
     def select_patient(self, patient: Any) -> NotebookContext:
@@ -416,11 +416,11 @@ class NotebookContext(HasTraits):
         """
         resource = _patient_resource(patient)
         client = self._client
-        if client is not None:
-            self._await_echo(client, client.open_patient(resource))
+        ours = client is None or self._await_echo(client, client.open_patient(resource))
         with self._lock, self.hold_trait_notifications():
             self.selection = copy.deepcopy(resource)
-            self._set("Patient", copy.deepcopy(resource), None, None)
+            if ours:
+                self._set("Patient", copy.deepcopy(resource), None, None)
         return self
 
     def clear(self) -> None:
@@ -434,13 +434,20 @@ class NotebookContext(HasTraits):
         """Accession number of :attr:`study`, if known."""
         return protocol.accession_number(self.study)
 
-    def _await_echo(self, client: FhircastClient, sent: Event) -> None:
-        # The echo is recorded on the network thread, so this works inside a cell; once it
-        # is in, the queued context callbacks for the intermediate Patient-open are stale.
+    def _await_echo(self, client: FhircastClient, sent: Event) -> bool:
+        """Wait (bounded) for the hub's echo of *sent*; tell whether it is still current.
+
+        The echo is recorded on the network thread, so this works inside a cell; once it
+        is in, queued context callbacks for the intermediate Patient-open are stale. False
+        when another application's event came after it: its callback will set the context.
+        """
         try:
             client.wait_for(sent.id, timeout=self._timeout)
         except FHIRcastError:
             log.warning("the hub did not echo %s %s in time", sent.name, sent.id)
+            return True
+        now = client.current
+        return now is not None and client.is_own(now.event)
 
     # --- from the hub ----------------------------------------------------------------------
 

@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Callable, Generator
 from typing import Any
 
+import nbformat
 import pandas as pd
 import pytest
 import requests
 import traitlets
+from nbclient import NotebookClient
 from servers import ImagingkitServer
 
 import imagingkit
@@ -447,3 +449,28 @@ def test_selecting_cohort_rows_on_the_sandbox_hub(
                 ctx.select_study("1.2.3.4.5.6.7.8.9", bridge=bridge)
     finally:
         ctx.unbind()
+
+
+def test_in_a_kernel_callbacks_run_on_the_kernel_thread(hub: BackgroundHub) -> None:
+    cells = [
+        f"""
+import threading
+from imagingkit.context import current
+from imagingkit.fhircast import FhircastClient
+ctx = current().bind({hub.url!r}, "kernel-topic")
+threads = []
+ctx.observe(lambda change: threads.append(threading.current_thread().name), "study")
+ctx.follow(lambda opened: threads.append(threading.current_thread().name))
+pacs = FhircastClient({hub.url!r}, "kernel-topic", subscriber_name="pacs", loop="thread")
+pacs.wait_for(pacs.open_study({STUDY!r}, {PATIENT!r}).id)
+print("queued while the cell runs:", threads)
+""",
+        'print("after the cell:", threads, ctx.study_uid == "1.2.840.99.1")',
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    printed = [o["text"] for cell in notebook.cells for o in cell.outputs if "text" in o]
+    assert printed == [
+        "queued while the cell runs: []\n",
+        "after the cell: ['MainThread', 'MainThread'] True\n",
+    ]
