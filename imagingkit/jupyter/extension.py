@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -38,7 +39,7 @@ from traitlets import Bool, Enum, Int, Unicode, default
 
 from imagingkit import __version__
 from imagingkit.config import get_settings
-from imagingkit.jupyter.authentication import is_open, jupyter_authenticated, log
+from imagingkit.jupyter.authentication import is_open, jupyter_authenticated
 from imagingkit.jupyter.mount import ComponentMount
 from imagingkit.server.app import Component
 
@@ -52,7 +53,9 @@ def _wrap(mount: str, handler_class: type[Any]) -> type[Any]:
     return handler_class if is_open(mount, handler_class) else jupyter_authenticated(handler_class)
 
 
-def _close_all(components: list[Component]) -> None:
+def _close_all(
+    components: list[Component], log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
     for component in components:
         close = getattr(component, "close", None)
         if close is None:
@@ -154,7 +157,7 @@ class ImagingkitApp(ExtensionApp):
         try:
             components = self.build_components()
         except Exception as exc:
-            log.exception("imagingkit could not start")
+            self.log.exception("imagingkit could not start")
             message = str(exc) or type(exc).__name__
             with contextlib.suppress(RuntimeError):  # RuntimeError: the server stopped
                 loop.call_soon_threadsafe(self.mount.fail, message)
@@ -162,15 +165,16 @@ class ImagingkitApp(ExtensionApp):
         try:
             loop.call_soon_threadsafe(self._install, components)
         except RuntimeError:  # the loop is closed: the server stopped meanwhile
-            _close_all(components)
+            _close_all(components, self.log)
 
     def _install(self, components: list[Component]) -> None:
         if self._closed:
-            _close_all(components)
+            _close_all(components, self.log)
             return
         self.components = components
         self.mount.install(components)
-        log.info("imagingkit ready at %s/ (%s)", self.mount.prefix, ", ".join(self.mount.mounts))
+        mounts = ", ".join(self.mount.mounts)
+        self.log.info("imagingkit ready at %s/ (%s)", self.mount.prefix, mounts)
 
     async def stop_extension(self) -> None:
         """Stop serving and close every component (websockets get 1001, stores close)."""
@@ -179,5 +183,5 @@ class ImagingkitApp(ExtensionApp):
         if mount is not None:
             mount.stop()
         components, self.components = getattr(self, "components", []), []
-        _close_all(components)
-        log.info("imagingkit stopped (%d components closed)", len(components))
+        _close_all(components, self.log)
+        self.log.info("imagingkit stopped (%d components closed)", len(components))
