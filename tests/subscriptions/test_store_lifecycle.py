@@ -145,3 +145,31 @@ def test_operations_do_not_shadow_resource_routes(tmp_path: Path, path: str) -> 
         answer = requests.get(f"{base}/{path}", timeout=30)
         assert answer.status_code in (200, 404)
         assert answer.json()["resourceType"] in ("Bundle", "OperationOutcome")
+
+
+def test_closing_the_component_stops_heartbeats_deliveries_and_sockets(tmp_path: Path) -> None:
+    from store_helpers import binding_token, receiving_hooks
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with receiving_hooks() as hook, serving_store(tmp_path) as (base, store):
+        store.upsert(patient("p1"))
+        create(base, backport_subscription("rest-hook", endpoint=hook.url, heartbeat=1))
+        hook.next_of("heartbeat")
+        sub = create(base, backport_subscription("websocket", heartbeat=1))
+        token = binding_token(base, sub["id"])
+        with connect(token["websocket-url"], open_timeout=20) as ws:
+            ws.send(f"bind-with-token: {token['token']}")
+            ws.recv(timeout=20)
+            started = time.monotonic()
+            store.subscriptions.close()
+            assert time.monotonic() - started < 10
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:  # heartbeats sent before the close may still be queued
+                    ws.recv(timeout=20)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        hook.drain()
+        store.upsert(study("s1", "p1"))
+        time.sleep(2.5)
+        assert hook.drain() == []  # no heartbeat, no notification after close
+        assert requests.get(f"{base}/metadata", timeout=30).status_code == 200
