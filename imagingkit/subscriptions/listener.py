@@ -88,7 +88,13 @@ from imagingkit.subscriptions.resources import (
 )
 from imagingkit.subscriptions.topics import BACKPORT_SUBSCRIPTION_PROFILE, IMAGINGSTUDY_TOPIC
 
-__all__ = ["AsyncSubscriptionListener", "Change", "ListenerStats", "SubscriptionListener"]
+__all__ = [
+    "AsyncSubscriptionListener",
+    "Change",
+    "ListenerStats",
+    "SubscriptionListener",
+    "callback_dispatcher",
+]
 
 log = logging.getLogger("imagingkit.subscriptions")
 T = TypeVar("T")
@@ -878,6 +884,18 @@ def _control(frame: str | bytes) -> bool:
 
 # --------------------------------------------------------------------------- blocking API
 
+
+def callback_dispatcher(loop: asyncio.AbstractEventLoop | str | None) -> _Dispatcher:
+    """Where callbacks run: *loop*, else the caller's running loop (a notebook kernel's,
+    where widget updates are safe), else one dispatcher thread; ``"thread"`` forces it."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+    return _Dispatcher(loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
+
+
 _OPEN: weakref.WeakSet[SubscriptionListener] = weakref.WeakSet()
 
 
@@ -917,14 +935,7 @@ class SubscriptionListener:
         loop: asyncio.AbstractEventLoop | str | None = None,
         **options: Any,
     ) -> None:
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self._dispatcher = _Dispatcher(
-            loop if isinstance(loop, asyncio.AbstractEventLoop) else None
-        )
+        self._dispatcher = callback_dispatcher(loop)
         self._client = AsyncSubscriptionListener(fhir, criteria, **options)
         self._client._deliver = self._dispatcher
         self._history: deque[Change] = deque(maxlen=10_000)

@@ -34,8 +34,7 @@ import pandas as pd
 from imagingkit.errors import FHIRError, ImagingKitError, InvalidInputError
 from imagingkit.fhir.flatten import COLUMNS, categorical, check_level, studies_frame
 from imagingkit.fhir.plan import ID_BATCH
-from imagingkit.fhircast.client import _Dispatcher
-from imagingkit.subscriptions.listener import Change, SubscriptionListener
+from imagingkit.subscriptions.listener import Change, SubscriptionListener, callback_dispatcher
 
 if TYPE_CHECKING:
     from imagingkit.fhir.cohort import Cohort
@@ -145,14 +144,7 @@ class LiveFrame:
         self._pending: set[str] = set()
         self._callbacks: list[Callable[[FrameDiff], Any]] = []
         self._closed = False
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self._dispatcher = _Dispatcher(
-            loop if isinstance(loop, asyncio.AbstractEventLoop) else None
-        )
+        self._dispatcher = callback_dispatcher(loop)
         listener_options.setdefault("content", "id-only")
         # subscribe first, then load: nothing that changes during the load is missed
         self.listener = SubscriptionListener(
