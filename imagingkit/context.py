@@ -571,12 +571,18 @@ def _run_follower(handle: Following, opened: OpenedStudy) -> None:
         return
     if inspect.isawaitable(result):
         try:
-            task = asyncio.ensure_future(result)
-        except RuntimeError as error:  # no running loop (a script's dispatcher thread)
+            task = asyncio.ensure_future(result, loop=asyncio.get_running_loop())
+        except RuntimeError:  # a script's dispatcher thread: no loop to await it on
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-            handle._report(opened, error)
+            handle._report(
+                opened,
+                ConfigError(
+                    "the follow callback returned a coroutine but no event loop runs here: "
+                    "bind the context from a notebook cell, or pass loop= to bind()"
+                ),
+            )
             return
 
         def done(finished: asyncio.Future[Any]) -> None:

@@ -454,6 +454,7 @@ def test_selecting_cohort_rows_on_the_sandbox_hub(
 def test_in_a_kernel_callbacks_run_on_the_kernel_thread(hub: BackgroundHub) -> None:
     cells = [
         f"""
+import asyncio
 import threading
 from imagingkit.context import current
 from imagingkit.fhircast import FhircastClient
@@ -461,6 +462,14 @@ ctx = current().bind({hub.url!r}, "kernel-topic")
 threads = []
 ctx.observe(lambda change: threads.append(threading.current_thread().name), "study")
 ctx.follow(lambda opened: threads.append(threading.current_thread().name))
+
+
+async def later(opened):
+    await asyncio.sleep(0)
+    threads.append("awaited " + opened.study_uid)
+
+
+ctx.follow(later)
 pacs = FhircastClient({hub.url!r}, "kernel-topic", subscriber_name="pacs", loop="thread")
 pacs.wait_for(pacs.open_study({STUDY!r}, {PATIENT!r}).id)
 print("queued while the cell runs:", threads)
@@ -472,5 +481,18 @@ print("queued while the cell runs:", threads)
     printed = [o["text"] for cell in notebook.cells for o in cell.outputs if "text" in o]
     assert printed == [
         "queued while the cell runs: []\n",
-        "after the cell: ['MainThread', 'MainThread'] True\n",
+        "after the cell: ['MainThread', 'MainThread', 'awaited 1.2.840.99.1'] True\n",
     ]
+
+
+def test_a_coroutine_callback_without_a_loop_is_reported(session) -> None:
+    ctx, pacs = session
+
+    async def needs_a_loop(opened: OpenedStudy) -> None:
+        return None
+
+    handle = ctx.follow(needs_a_loop)
+    pacs.open_study(STUDY, PATIENT)
+    wait_until(lambda: len(handle.errors) == 1, "the reported coroutine")
+    assert isinstance(handle.errors[0][1], ConfigError)
+    assert "no event loop" in str(handle.errors[0][1])
