@@ -273,6 +273,7 @@ class AsyncSubscriptionListener:
         self._runner: asyncio.Task[None] | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._delivering = asyncio.Lock()
         self._closing = False
         self._listeners: list[Callback] = []
         self._status_listeners: list[Callback] = []
@@ -603,6 +604,14 @@ class AsyncSubscriptionListener:
             log.warning("subscription task failed: %r", task.exception())
 
     async def _deliver_events(
+        self, note: Notification | None, events: list[NotificationEvent], source: str
+    ) -> None:
+        # one at a time (asyncio.Lock is FIFO): changes are emitted in arrival order even
+        # though fetching the resources takes a round trip each
+        async with self._delivering:
+            await self._deliver_locked(note, events, source)
+
+    async def _deliver_locked(
         self, note: Notification | None, events: list[NotificationEvent], source: str
     ) -> None:
         for event in events:
