@@ -32,7 +32,6 @@ from servers import (
     _tail,
     cached_sandbox_data_dir,
     free_port,
-    subprocess_env,
 )
 
 import imagingkit
@@ -91,26 +90,50 @@ def _wait_ready(server: JupyterProcess) -> dict[str, object]:
     raise AssertionError(f"not ready within {START_TIMEOUT} s ({last!r}):\n{_tail(server.log)}")
 
 
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess]:
-    """``jupyter server`` serving the small sandbox through the extension."""
-    tmp = tmp_path_factory.mktemp("jupyter")
-    data_dir = tmp / "data"
-    shutil.copytree(cached_sandbox_data_dir(), data_dir)
-    env = subprocess_env(data_dir)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _binder_env(tmp: Path) -> dict[str, str]:
+    """The environment of a Binder user: imagingkit's default data dir under ~/.cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINGKIT_", "JUPYTER"))}
     env.update(
         {
+            "XDG_CACHE_HOME": str(
+                tmp / "cache"
+            ),  # the default data dir: $XDG_CACHE_HOME/imagingkit
             # no user or machine config of this account (only sys.prefix's, from pip)
             "JUPYTER_CONFIG_DIR": str(tmp / "config"),
             "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-            "IMAGINGKIT_SANDBOX": "1",
-            "IMAGINGKIT_SANDBOX_SIZE": "small",
+            "PYTHONUNBUFFERED": "1",
         }
     )
-    env.pop("JUPYTER_CONFIG_PATH", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess]:
+    """Binder's set-up: ``binder/prepare_sandbox.py`` at build time, then ``jupyter server``
+    started through ``binder/start``, serving the small sandbox through the extension.
+    """
+    tmp = tmp_path_factory.mktemp("jupyter")
+    data_dir = tmp / "cache" / "imagingkit"
+    shutil.copytree(cached_sandbox_data_dir(), data_dir)  # generated already: no 20 s wait
+    env = _binder_env(tmp)
+    prepared = subprocess.run(
+        [sys.executable, str(REPO / "binder" / "prepare_sandbox.py"), "small"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert f"prepared in {data_dir}" in prepared.stdout
+    assert (data_dir / "fhir" / "sandbox-small-42.sqlite.record").is_file()
     port = free_port()
     token = secrets.token_hex(16)
     command = [
+        str(REPO / "binder" / "start"),  # turns the sandbox on (IMAGINGKIT_SANDBOX=1)
         sys.executable,
         "-m",
         "jupyter_server",
