@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import secrets
 import struct
 import time
@@ -53,6 +54,15 @@ from imagingkit.server.base import BaseHandler, HTTPProblem
 __all__ = ["FhircastHub", "HubPolicy", "HubStats", "SubscriptionInfo"]
 
 log = logging.getLogger("imagingkit.fhircast.hub")
+
+# An acknowledgement exactly as subscribers write it, {"id": "…", "status": 200} (JSON
+# whitespace allowed, no escapes in the id, status a JSON integer or a string of digits):
+# read without json.loads. Anything else takes json.loads + protocol.parse_ack.
+_WS = "[ \t\n\r]*"
+_PLAIN_ACK = re.compile(
+    rf'{_WS}\{{{_WS}"id"{_WS}:{_WS}"([^"\\\x00-\x1f]*)"{_WS},{_WS}"status"{_WS}:{_WS}'
+    rf'(?:(0|[1-9][0-9]*)|"([0-9]+)"){_WS}\}}{_WS}'
+)
 
 _DERIVED_ANCHOR = {"patient-open": "Patient", "imagingstudy-open": "ImagingStudy"}
 
@@ -491,13 +501,17 @@ class FhircastHub:
     # --- channel -----------------------------------------------------------------------
 
     def _on_channel_message(self, sub: _Subscription, message: str | bytes) -> None:
-        try:
-            obj = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
-            self.stats.malformed_frames += 1
-            log.debug("ignoring a malformed frame from %s", sub.label)
-            return
-        parsed = protocol.parse_ack(obj) if isinstance(obj, dict) else None
+        plain = _PLAIN_ACK.fullmatch(message) if isinstance(message, str) else None
+        if plain is not None:  # the usual acknowledgement: same result as parse_ack
+            parsed: tuple[str, int] | None = (plain[1], int(plain[2] or plain[3]))
+        else:
+            try:
+                obj = json.loads(message)
+            except (ValueError, UnicodeDecodeError):
+                self.stats.malformed_frames += 1
+                log.debug("ignoring a malformed frame from %s", sub.label)
+                return
+            parsed = protocol.parse_ack(obj) if isinstance(obj, dict) else None
         if parsed is None:
             # e.g. Nuance-style {"hub.channel.endpoint": …} after connecting (notes §15.2)
             self.stats.ignored_frames += 1

@@ -148,3 +148,24 @@ def test_invalid_utf8_text_frame_drops_the_connection(hub):
     channel.sock.sendall(frame(1, b'{"id": "\xff\xfe", "status": 200}'))
     wait_until(lambda: not hub.call(hub.hub.subscriptions, topic), what="subscription removed")
     channel.sock.close()
+
+
+def test_acks_in_any_valid_json_spelling_count_and_invalid_json_does_not(hub):
+    topic = new_topic()
+    channel = RawChannel(hub.url, topic)
+    for _ in range(5):
+        assert publish(hub.url, patient_open(topic)).status_code == 202
+    ids = [channel.event_id() for _ in range(5)]
+    spellings = [
+        f'{{"id":"{ids[0]}","status":0200}}',  # not JSON: no leading zeros
+        f' {{\n "id" : "{ids[1]}" ,\t"status" : "202" }}\r\n',
+        f'{{"status": 200, "id": "{ids[2]}"}}',
+        f'{{"id": "{ids[3]}", "status": " 200 "}}',
+        f'{{"id": "{ids[4]}", "status": 200, "note": "\\"quoted\\""}}',
+    ]
+    channel.sock.sendall(b"".join(frame(1, text.encode()) for text in spellings))
+    wait_until(lambda: pending(hub, topic) == 1, what="four valid acks")
+    assert hub.hub.stats.malformed_frames == 1
+    channel.sock.sendall(frame(1, f'{{"id":"{ids[0]}","status":200}}'.encode()))
+    wait_until(lambda: pending(hub, topic) == 0, what="the last ack")
+    channel.sock.close()
