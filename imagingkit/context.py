@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, HasTraits, Instance, Unicode
 
-from imagingkit.errors import ConfigError, FHIRcastError, InvalidInputError
+from imagingkit.errors import ConfigError, FHIRcastError, InvalidInputError, redact_url
 from imagingkit.fhircast import protocol
 from imagingkit.uids import validate_uid
 
@@ -377,7 +377,8 @@ class NotebookContext(HasTraits):
         ConfigError
             A bare UID and no bridge to look it up.
         FHIRcastError
-            The hub refused the request (nothing is changed locally then).
+            The hub refused the request; the selection is unchanged (a ``Patient-open``
+            the hub accepted before refusing the study still reaches every subscriber).
         """
         resource, found_patient = _study_and_patient(study, bridge or self.bridge, lenient)
         if patient is not None:
@@ -529,10 +530,9 @@ class NotebookContext(HasTraits):
     # --- display ----------------------------------------------------------------------------
 
     def _rows(self) -> list[tuple[str, str]]:
-        study = self.study
         rows = [
             ("patient", _describe(self.patient)),
-            ("study", _describe(study)),
+            ("study", _describe(self.study)),
             ("Study Instance UID", self.study_uid or "—"),
             ("accession", self.accession_number or "—"),
             ("report", _describe(self.report)),
@@ -540,7 +540,7 @@ class NotebookContext(HasTraits):
             ("anchor", self.anchor or "—"),
         ]
         if self.bound:
-            rows.append(("hub", f"{self.hub_url} · topic {self.topic}"))
+            rows.append(("hub", f"{redact_url(self.hub_url)} · topic {self.topic}"))
         state = f"{self.status}, {'in sync' if self.in_sync else 'not in sync'}"
         if self.denial is not None:
             state += f" (denied: {self.denial.reason or 'no reason'})"
