@@ -173,3 +173,23 @@ def test_closing_the_component_stops_heartbeats_deliveries_and_sockets(tmp_path:
         time.sleep(2.5)
         assert hook.drain() == []  # no heartbeat, no notification after close
         assert requests.get(f"{base}/metadata", timeout=30).status_code == 200
+
+
+def test_a_deleted_subscription_is_forgotten(tmp_path: Path) -> None:
+    with serving_store(tmp_path) as (base, store):
+        store.upsert(patient("p1"))
+        sub = {**backport_subscription("websocket"), "id": "again"}
+        assert put(base, sub).status_code == 201
+        store.upsert(study("s1", "p1"))
+        assert store.subscriptions.events.count("again") == 1
+        assert requests.delete(f"{base}/Subscription/again", timeout=30).status_code == 200
+        assert requests.get(f"{base}/Subscription/again/$status", timeout=30).status_code == 404
+        store.upsert(study("s2", "p1"))
+        assert put(base, sub).status_code == 201  # a new Subscription under the same id
+        status = requests.get(f"{base}/Subscription/again/$status", timeout=30).json()
+        count = next(
+            p["valueString"]
+            for p in status["entry"][0]["resource"]["parameter"]
+            if p["name"] == "events-since-subscription-start"
+        )
+        assert count == "0"

@@ -67,6 +67,12 @@ class _OperationHandler(FhirHandler):
 
     def params(self) -> list[tuple[str, str]]:
         """Query parameters plus those of a POSTed Parameters resource or form."""
+        cached: list[tuple[str, str]] | None = getattr(self, "_params", None)
+        if cached is None:
+            cached = self._params = self._read_params()
+        return cached
+
+    def _read_params(self) -> list[tuple[str, str]]:
         found = list(self.query_params())
         if self.request.method != "POST" or not self.request.body:
             return found
