@@ -32,6 +32,7 @@ __all__ = [
     "parameters_of",
     "patient",
     "put",
+    "put_bundle",
     "receiving_hooks",
     "recv_json",
     "recv_text",
@@ -58,6 +59,18 @@ def study(id_: str, patient_id: str, *, status: str = "available", modality: str
         "subject": {"reference": f"Patient/{patient_id}"},
         "modality": [coding],
         "series": [{"uid": "1.2.3", "modality": coding}],  # the `modality` search parameter
+    }
+
+
+def put_bundle(resources: list[dict[str, Any]], kind: str = "transaction") -> dict[str, Any]:
+    """A transaction (or batch) Bundle PUTting each resource under its own id."""
+    return {
+        "resourceType": "Bundle",
+        "type": kind,
+        "entry": [
+            {"request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}, "resource": r}
+            for r in resources
+        ],
     }
 
 

@@ -17,6 +17,7 @@ from store_helpers import (
     event_numbers,
     parameters_of,
     patient,
+    put_bundle,
     recv_json,
     study,
 )
@@ -82,17 +83,7 @@ def test_events_window_is_bounded_and_parameters_are_checked(tmp_path: Path) -> 
     with serving_store(tmp_path) as (base, store):
         store.upsert(patient("p1"))
         sub_id = create(base, backport_subscription("websocket"))["id"]
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "request": {"method": "PUT", "url": f"ImagingStudy/t{i}"},
-                    "resource": study(f"t{i}", "p1"),
-                }
-                for i in range(130)
-            ],
-        }
+        bundle = put_bundle([study(f"t{i}", "p1") for i in range(130)])
         store.transaction(bundle)
         assert store.subscriptions.events.count(sub_id) == 130
         window = _events(base, sub_id)
@@ -146,20 +137,7 @@ def test_rolled_back_transactions_notify_nobody_and_every_path_is_numbered(
     with serving_store(tmp_path) as (base, store):
         store.upsert(patient("p1"))
         sub_id = create(base, backport_subscription("websocket"))["id"]
-        failing = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "request": {"method": "PUT", "url": "ImagingStudy/r1"},
-                    "resource": study("r1", "p1"),
-                },
-                {
-                    "request": {"method": "PUT", "url": "ImagingStudy/r2"},
-                    "resource": study("r2", "nobody"),
-                },
-            ],
-        }
+        failing = put_bundle([study("r1", "p1"), study("r2", "nobody")])
         assert requests.post(base, json=failing, headers=FHIR, timeout=30).status_code == 400
         with pytest.raises(InvalidInputError):
             store.transaction(failing)
@@ -171,24 +149,9 @@ def test_rolled_back_transactions_notify_nobody_and_every_path_is_numbered(
         # REST create, REST update, batch, transaction, in-process upsert: one event each
         requests.post(f"{base}/ImagingStudy", json=study("ignored", "p1"), headers=FHIR, timeout=30)
         requests.put(f"{base}/ImagingStudy/u1", json=study("u1", "p1"), headers=FHIR, timeout=30)
-        batch = {
-            "resourceType": "Bundle",
-            "type": "batch",
-            "entry": [
-                {
-                    "request": {"method": "PUT", "url": "ImagingStudy/b1"},
-                    "resource": study("b1", "p1"),
-                }
-            ],
-        }
+        batch = put_bundle([study("b1", "p1")], "batch")
         requests.post(base, json=batch, headers=FHIR, timeout=30)
-        store.transaction(
-            {
-                **batch,
-                "type": "transaction",
-                "entry": [{**batch["entry"][0], "resource": study("b1", "p1", status="cancelled")}],
-            }
-        )
+        store.transaction(put_bundle([study("b1", "p1", status="cancelled")]))
         store.upsert(study("i1", "p1"))
         store.upsert(study("i1", "p1"))  # unchanged: no new version, no event
         focus = [e["fullUrl"].rsplit("/", 1)[1] for e in _events(base, sub_id)["entry"][1:]]

@@ -124,14 +124,14 @@ def notification_bundle(
     fhir_base: str,
     *,
     focus: Sequence[Focus] = (),
-    content: str | None = None,
-    error: str | None = None,
+    **options: str | None,
 ) -> dict[str, Any]:
-    """A whole notification Bundle (Backport IG R4 shape); see :func:`status_parameters`."""
-    content = content or spec.content
+    """A whole notification Bundle (Backport IG R4 shape); the arguments, and the
+    ``content`` and ``error`` options, are those of :func:`status_parameters`."""
+    content = options.get("content") or spec.content
     _, now = now_instant()
     status = status_parameters(
-        spec, kind, count, fhir_base, focus=focus, content=content, error=error
+        spec, kind, count, fhir_base, focus=focus, content=content, error=options.get("error")
     )
     entries: list[dict[str, Any]] = [
         {
