@@ -14,7 +14,7 @@ from imagingkit.subscriptions import SubscriptionListener
 FAST = {"grace": 0.3, "backoff": (0.05, 0.5), "timeout": 10.0}
 
 
-def test_dropped_event_is_replayed_by_events_operation() -> None:
+def test_check_45_dropped_event_is_replayed_by_events_operation() -> None:
     with fake_fhir() as fake:
         fake.add_study("a")
         fake.add_study("b")
@@ -71,7 +71,7 @@ def test_without_events_operation_a_gap_is_covered_by_requery() -> None:
             )
 
 
-def test_heartbeat_silence_asks_status_and_reconnects() -> None:
+def test_check_45_heartbeat_silence_asks_status_and_reconnects() -> None:
     with fake_fhir(heartbeat=1) as fake:
         fake.add_study("a")
         with SubscriptionListener(FhirClient(fake.base), **FAST) as listener:
@@ -99,7 +99,7 @@ def test_reconnect_after_a_dropped_socket_catches_up_from_the_handshake_count() 
             assert listener.stats.reconnects == 1 and listener.status == "connected"
 
 
-def test_legacy_bind_is_sent_only_once_active_and_ping_requeries() -> None:
+def test_check_46_legacy_bind_is_sent_only_once_active_and_ping_requeries() -> None:
     with fake_fhir(topic=False, legacy_active_after=3) as fake:
         fake.add_study("a")
         client = FhirClient(fake.base)

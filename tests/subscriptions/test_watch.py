@@ -143,7 +143,7 @@ def test_repr_html_escapes_server_text(tmp_path: Path) -> None:
             assert html.escape("<script>alert(1)</script>") in shown
 
 
-def test_legacy_websocket_on_the_real_store(tmp_path: Path) -> None:
+def test_check_46_legacy_websocket_on_the_real_store(tmp_path: Path) -> None:
     with serving_store(tmp_path) as (base, _store):
         seed(base)
         client = imagingkit.connect(fhir=base).fhir
@@ -208,7 +208,7 @@ def test_watch_refuses_what_is_not_a_cohort_of_this_bridge(query: Any) -> None:
         bridge.watch(query)
 
 
-def test_events_missed_while_away_are_replayed_by_the_store(tmp_path: Path) -> None:
+def test_check_45_events_missed_while_away_are_replayed_by_the_store(tmp_path: Path) -> None:
     with serving_store(tmp_path) as (base, _store):
         seed(base)
         client = imagingkit.connect(fhir=base).fhir
