@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import tornado.httpserver
 import tornado.netutil
 
-from imagingkit.fhircast._loop import LoopThread
+from imagingkit.errors import FHIRcastError
 from imagingkit.fhircast.hub import FhircastHub
+from imagingkit.notify import LoopThread
 from imagingkit.server.app import make_app
 
 __all__ = ["BackgroundHub"]
@@ -53,7 +54,7 @@ class BackgroundHub:
         self.hub = hub or FhircastHub()
         self.host = host
         self._base = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
-        self._thread = LoopThread("imagingkit-fhircast-hub")
+        self._thread = LoopThread("imagingkit-fhircast-hub", error=FHIRcastError, kind="FHIRcast")
         self._server: tornado.httpserver.HTTPServer | None = None
         try:
             self.port = self._thread.run(self._start(port), 10)

@@ -26,16 +26,10 @@ widget updates are safe), otherwise on one dispatcher thread, in arrival order.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
-import inspect
 import json
 import logging
-import queue
-import random
-import threading
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,12 +37,20 @@ from urllib.parse import urlencode
 
 import tornado.httpclient
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from imagingkit.errors import FHIRcastError, InvalidInputError
 from imagingkit.fhircast import protocol
-from imagingkit.fhircast._loop import LoopThread
 from imagingkit.fhircast.protocol import Event
+from imagingkit.notify import (
+    ClosedAtExit,
+    EventHistory,
+    LoopThread,
+    callback_dispatcher,
+    invoke,
+    open_websocket,
+    retry_with_backoff,
+)
 
 __all__ = ["AsyncFhircastClient", "ClientStats", "CurrentContext", "Denial", "FhircastClient"]
 
@@ -148,21 +150,6 @@ class ClientStats:
     malformed: int = 0
     reconnects: int = 0
     resyncs: int = 0
-
-
-_CALLBACK_TASKS: set[asyncio.Future[Any]] = set()
-
-
-def _invoke(callback: Callback, arg: Any) -> None:
-    """Call a user callback on the running loop; schedule it if it is a coroutine."""
-    try:
-        result = callback(arg)
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            _CALLBACK_TASKS.add(task)
-            task.add_done_callback(_CALLBACK_TASKS.discard)
-    except Exception:
-        log.exception("FHIRcast callback %r failed", callback)
 
 
 def _token(source: TokenSource) -> str | None:
@@ -286,7 +273,7 @@ class AsyncFhircastClient:
         self._status_listeners.append(callback)
 
     def _call_here(self, callback: Callback, arg: Any) -> None:
-        _invoke(callback, arg)
+        invoke(callback, arg, logger=log, label="FHIRcast")
 
     def _set_status(self, status: str) -> None:
         if status == self.status:
@@ -449,18 +436,13 @@ class AsyncFhircastClient:
             raise FHIRcastError(
                 f"the hub answered no websocket endpoint: {answer!r}", url=self.hub_url
             )
-        try:
-            ws = await connect(
-                url,
-                open_timeout=self.timeout,
-                compression=None,
-                proxy=None,
-                max_size=16 * 1024 * 1024,
-                ping_interval=20,
-                ping_timeout=20,
-            )
-        except (OSError, websockets.exceptions.WebSocketException, asyncio.TimeoutError) as exc:
-            raise FHIRcastError(f"could not open the FHIRcast websocket: {exc}") from exc
+        ws = await open_websocket(
+            url,
+            timeout=self.timeout,
+            max_size=16 * 1024 * 1024,
+            error=FHIRcastError,
+            what="FHIRcast websocket",
+        )
         try:
             first = await asyncio.wait_for(ws.recv(), self.timeout)
             message = protocol.loads_object(first, "confirmation")
@@ -561,25 +543,24 @@ class AsyncFhircastClient:
 
     async def _reconnect(self) -> bool:
         self._set_status("reconnecting")
-        first, cap = self.backoff
-        attempt = 0
-        while not self._closing:
-            if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
-                return False
-            delay = min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
-            attempt += 1
-            await asyncio.sleep(delay)
-            try:
-                await self._connect()
-            except FHIRcastError as exc:
-                if self.denial is not None:
-                    return False
-                log.debug("reconnect attempt %d failed: %s", attempt, exc)
-                self._set_status("reconnecting")
-                continue
+        connected = await retry_with_backoff(
+            self._connect,
+            self.backoff,
+            self.max_reconnect_attempts,
+            stopped=lambda: self._closing,
+            retry_on=(FHIRcastError,),
+            failed=self._reconnect_failed,
+        )
+        if connected:
             self.stats.reconnects += 1
-            return True
-        return False
+        return connected
+
+    def _reconnect_failed(self, exc: BaseException, attempt: int) -> bool:
+        if self.denial is not None:
+            return False  # a denial is final (2-4)
+        log.debug("reconnect attempt %d failed: %s", attempt, exc)
+        self._set_status("reconnecting")
+        return True
 
     async def _handle(self, ws: ClientConnection, text: str | bytes) -> None:
         try:
@@ -799,61 +780,7 @@ class AsyncFhircastClient:
 # --- the blocking client ------------------------------------------------------------------
 
 
-class _Dispatcher:
-    """Deliver callbacks in order: on the caller's loop if given, else on one thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.loop = loop
-        self._queue: queue.SimpleQueue[tuple[Callback, Any] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        if loop is None:
-            self._thread = threading.Thread(
-                target=self._main, name="imagingkit-fhircast-callbacks", daemon=True
-            )
-            self._thread.start()
-
-    def __call__(self, callback: Callback, arg: Any) -> None:
-        if self.loop is not None:
-            if not self.loop.is_closed():
-                self.loop.call_soon_threadsafe(self._run, callback, arg)
-        else:
-            self._queue.put((callback, arg))
-
-    @staticmethod
-    def _run(callback: Callback, arg: Any) -> None:
-        _invoke(callback, arg)
-
-    def _main(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            callback, arg = item
-            try:
-                result = callback(arg)
-                if inspect.isawaitable(result):
-                    log.warning("coroutine callback %r needs a loop; pass loop=", callback)
-                    close = getattr(result, "close", None)
-                    if close:
-                        close()
-            except Exception:
-                log.exception("FHIRcast callback %r failed", callback)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            if self._thread is not threading.current_thread():
-                self._thread.join(timeout)
-
-
-_OPEN_CLIENTS: weakref.WeakSet[FhircastClient] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:  # the kernel or script is exiting: unsubscribe cleanly
-    for client in list(_OPEN_CLIENTS):
-        with contextlib.suppress(Exception):
-            client.close(timeout=2)
+_OPEN_CLIENTS = ClosedAtExit(timeout=2)  # the kernel or script is exiting: unsubscribe
 
 
 class FhircastClient:
@@ -886,23 +813,16 @@ class FhircastClient:
         loop: asyncio.AbstractEventLoop | str | None = None,
         **options: Any,
     ) -> None:
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self._dispatcher = _Dispatcher(
-            loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+        self._dispatcher = callback_dispatcher(
+            loop, name="imagingkit-fhircast-callbacks", logger=log, label="FHIRcast"
         )
         self._client = AsyncFhircastClient(hub_url, topic, events, **options)
         self._client._deliver = self._dispatcher
-        self._history: deque[Event] = deque(maxlen=10_000)
-        self._seq = 0
-        self._cond = threading.Condition()
+        self._history: EventHistory[Event] = EventHistory()
         # recorded on the network loop itself, so wait_for() never waits on callbacks
-        self._client._taps.append(self._record)
+        self._client._taps.append(self._history.record)
         self._timeout = self._client.timeout
-        self._lt = LoopThread()
+        self._lt = LoopThread("imagingkit-fhircast", error=FHIRcastError, kind="FHIRcast")
         try:
             self._lt.run(self._client.start(), self._timeout * 3)
         except BaseException:
@@ -985,16 +905,9 @@ class FhircastClient:
         self._lt.call(self._client.add_status_listener, callback, timeout=self._timeout)
         return callback
 
-    def _record(self, event: Event) -> None:
-        with self._cond:
-            self._history.append(event)
-            self._seq += 1
-            self._cond.notify_all()
-
     def mark(self) -> int:
         """Return a position in the received history, for :meth:`wait_for` ``after=``."""
-        with self._cond:
-            return self._seq
+        return self._history.mark()
 
     def wait_for(
         self,
@@ -1019,27 +932,14 @@ class FhircastClient:
             predicate = lambda ev: ev.id == wanted or ev.key == wanted.lower()  # noqa: E731
         else:
             predicate = match
-        with self._cond:
-            found = None
-
-            def scan() -> bool:
-                nonlocal found
-                skip = len(self._history) - (self._seq - after)
-                for i, ev in enumerate(self._history):
-                    if i >= skip and predicate(ev):
-                        found = ev
-                        return True
-                return False
-
-            if not self._cond.wait_for(scan, timeout):
-                raise FHIRcastError(f"no FHIRcast event matching {match!r} within {timeout} s")
-            assert found is not None
-            return found
+        found = self._history.wait_for(predicate, timeout, after=after)
+        if found is None:
+            raise FHIRcastError(f"no FHIRcast event matching {match!r} within {timeout} s")
+        return found
 
     def received(self) -> list[Event]:
         """Return the events received so far (most recent 10,000)."""
-        with self._cond:
-            return list(self._history)
+        return self._history.items()
 
     def _run(self, coro: Awaitable[Any]) -> Any:
         return self._lt.run(coro, self._timeout * 2)

@@ -2,8 +2,9 @@
 
 :class:`AsyncSubscriptionListener` is the asyncio core; :class:`SubscriptionListener` runs it
 on a loop of its own thread, so a notebook (whose kernel loop is already running) and a
-plain script use the same blocking API (DESIGN.md D2). It reuses the FHIRcast client's
-loop thread and callback dispatcher (:mod:`imagingkit.fhircast._loop`).
+plain script use the same blocking API (DESIGN.md D2). The loop thread, the callback
+dispatcher, the history behind :meth:`SubscriptionListener.wait_for`, the reconnect backoff
+and the websocket options are those of every notification client (:mod:`imagingkit.notify`).
 
 What it does:
 
@@ -39,35 +40,38 @@ worker threads; nothing carries credentials to another origin.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import datetime as dt
 import json
 import logging
-import random
-import threading
 import time
-import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from imagingkit.errors import (
     AuthError,
-    FHIRcastError,
     FHIRError,
     ImagingKitError,
     InvalidInputError,
 )
 from imagingkit.fhir.client import FhirClient, search_url
-from imagingkit.fhircast._loop import LoopThread
-from imagingkit.fhircast.client import _Dispatcher, _invoke
+from imagingkit.notify import (
+    CallbackDispatcher,
+    ClosedAtExit,
+    EventHistory,
+    LoopThread,
+    invoke,
+    open_websocket,
+    retry_with_backoff,
+)
+from imagingkit.notify import callback_dispatcher as _callback_dispatcher
 from imagingkit.subscriptions.gaps import EventTracker, Gap
 from imagingkit.subscriptions.notification import (
     Notification,
@@ -98,6 +102,11 @@ __all__ = [
 
 log = logging.getLogger("imagingkit.subscriptions")
 T = TypeVar("T")
+# user callbacks of the listener and the live frame; failures are reported as they always
+# were, with the FHIRcast client's (whose dispatcher this used to be)
+_CALLBACK_LOG = logging.getLogger("imagingkit.fhircast.client")
+_CALLBACK_LABEL = "FHIRcast"
+_CALLBACK_THREAD = "imagingkit-fhircast-callbacks"
 Callback = Callable[[Any], Any]
 _MAX_PAGES = 1000
 _MAX_VERSIONS = 100_000
@@ -278,7 +287,7 @@ class AsyncSubscriptionListener:
         self._listeners: list[Callback] = []
         self._status_listeners: list[Callback] = []
         self._taps: list[Callable[[Change], None]] = []  # in-loop, before listeners
-        self._deliver: Callable[[Callback, Any], None] = lambda cb, arg: _invoke(cb, arg)
+        self._deliver: Callable[[Callback, Any], None] = self._call_here
 
     # -- listeners ----------------------------------------------------------------------
 
@@ -289,6 +298,9 @@ class AsyncSubscriptionListener:
     def add_status_listener(self, callback: Callback) -> None:
         """Call ``callback(status)`` on ``connected``, ``reconnecting``, ``failed``, ``closed``."""
         self._status_listeners.append(callback)
+
+    def _call_here(self, callback: Callback, arg: Any) -> None:
+        invoke(callback, arg, logger=_CALLBACK_LOG, label=_CALLBACK_LABEL)
 
     def _set_status(self, status: str) -> None:
         if status != self.status:
@@ -397,18 +409,13 @@ class AsyncSubscriptionListener:
                 await self._connect_legacy()
 
     async def _open(self, url: str) -> ClientConnection:
-        try:
-            return await connect(
-                url,
-                open_timeout=self.timeout,
-                compression=None,
-                proxy=None,
-                max_size=64 * 1024 * 1024,
-                ping_interval=20,
-                ping_timeout=20,
-            )
-        except (OSError, websockets.exceptions.WebSocketException, asyncio.TimeoutError) as exc:
-            raise FHIRError(f"could not open the subscription websocket: {exc}") from exc
+        return await open_websocket(
+            url,
+            timeout=self.timeout,
+            max_size=64 * 1024 * 1024,
+            error=FHIRError,
+            what="subscription websocket",
+        )
 
     async def _connect_token(self) -> None:
         # GET: Medplum routes only GET; the Backport IG allows both (no input but the id)
@@ -786,26 +793,26 @@ class AsyncSubscriptionListener:
 
     async def _reconnect(self) -> bool:
         self._set_status("reconnecting")
-        first, cap = self.backoff
-        attempt = 0
-        while not self._closing:
-            if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
-                return False
-            await asyncio.sleep(min(cap, first * 2**attempt) * random.uniform(0.5, 1.0))
-            attempt += 1
-            try:
-                await self._connect()
-            except AuthError as exc:
-                self.error = exc
-                log.error("reconnect refused: %s", exc)
-                return False
-            except (ImagingKitError, OSError, asyncio.TimeoutError) as exc:
-                log.info("reconnect attempt %d failed: %s", attempt, exc)
-                self._set_status("reconnecting")
-                continue
+        connected = await retry_with_backoff(
+            self._connect,
+            self.backoff,
+            self.max_reconnect_attempts,
+            stopped=lambda: self._closing,
+            retry_on=(ImagingKitError, OSError, asyncio.TimeoutError),
+            failed=self._reconnect_failed,
+        )
+        if connected:
             self.stats.reconnects += 1
-            return True
-        return False
+        return connected
+
+    def _reconnect_failed(self, exc: BaseException, attempt: int) -> bool:
+        if isinstance(exc, AuthError):  # refused credentials do not get better by retrying
+            self.error = exc
+            log.error("reconnect refused: %s", exc)
+            return False
+        log.info("reconnect attempt %d failed: %s", attempt, exc)
+        self._set_status("reconnecting")
+        return True
 
     # -- closing ------------------------------------------------------------------------
 
@@ -894,25 +901,19 @@ def _control(frame: str | bytes) -> bool:
 # --------------------------------------------------------------------------- blocking API
 
 
-def callback_dispatcher(loop: asyncio.AbstractEventLoop | str | None) -> _Dispatcher:
+def callback_dispatcher(loop: asyncio.AbstractEventLoop | str | None) -> CallbackDispatcher:
     """Where callbacks run: *loop*, else the caller's running loop (a notebook kernel's,
     where widget updates are safe), else one dispatcher thread; ``"thread"`` forces it."""
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-    return _Dispatcher(loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
+    return _callback_dispatcher(
+        loop, name=_CALLBACK_THREAD, logger=_CALLBACK_LOG, label=_CALLBACK_LABEL
+    )
 
 
-_OPEN: weakref.WeakSet[SubscriptionListener] = weakref.WeakSet()
+def _loop_error(message: str) -> FHIRError:
+    return FHIRError(f"subscription listener: {message}")
 
 
-@atexit.register
-def _close_all() -> None:  # kernel or script exit: remove the Subscriptions we made
-    for listener in list(_OPEN):
-        with contextlib.suppress(Exception):
-            listener.close(timeout=3)
+_OPEN = ClosedAtExit(timeout=3)  # kernel or script exit: remove the Subscriptions we made
 
 
 class SubscriptionListener:
@@ -947,12 +948,11 @@ class SubscriptionListener:
         self._dispatcher = callback_dispatcher(loop)
         self._client = AsyncSubscriptionListener(fhir, criteria, **options)
         self._client._deliver = self._dispatcher
-        self._history: deque[Change] = deque(maxlen=10_000)
-        self._seq = 0
-        self._cond = threading.Condition()
-        self._client._taps.append(self._record)
+        self._history: EventHistory[Change] = EventHistory()
+        self._client._taps.append(self._history.record)
         self._timeout = self._client.timeout
-        self._lt = LoopThread(name="imagingkit-subscriptions")
+        # the loop thread's own errors (timeout, closed) keep the wording they always had
+        self._lt = LoopThread("imagingkit-subscriptions", error=_loop_error, kind="FHIRcast")
         try:
             self._run(self._client.start(), self._timeout * 6)
         except BaseException:
@@ -962,10 +962,7 @@ class SubscriptionListener:
         _OPEN.add(self)
 
     def _run(self, coro: Awaitable[T], timeout: float) -> T:
-        try:
-            return self._lt.run(coro, timeout)
-        except FHIRcastError as exc:  # the loop thread's own timeout/closed errors
-            raise FHIRError(f"subscription listener: {exc.message}") from None
+        return self._lt.run(coro, timeout)
 
     # -- state --------------------------------------------------------------------------
 
@@ -1015,16 +1012,9 @@ class SubscriptionListener:
         """Run *tap(change)* on the network thread itself (must be quick, not block)."""
         self._lt.call(self._client._taps.append, tap, timeout=self._timeout)
 
-    def _record(self, change: Change) -> None:
-        with self._cond:
-            self._history.append(change)
-            self._seq += 1
-            self._cond.notify_all()
-
     def mark(self) -> int:
         """A position in the received history, for :meth:`wait_for` ``after=``."""
-        with self._cond:
-            return self._seq
+        return self._history.mark()
 
     def wait_for(
         self, match: str | Callable[[Change], bool], timeout: float = 10.0, *, after: int = 0
@@ -1041,25 +1031,14 @@ class SubscriptionListener:
             predicate: Callable[[Change], bool] = lambda c: c.focus == wanted  # noqa: E731
         else:
             predicate = match
-        found: list[Change] = []
-
-        def scan() -> bool:
-            skip = len(self._history) - (self._seq - after)
-            for i, change in enumerate(self._history):
-                if i >= skip and predicate(change):
-                    found.append(change)
-                    return True
-            return False
-
-        with self._cond:
-            if not self._cond.wait_for(scan, timeout):
-                raise FHIRError(f"no change matching {match!r} within {timeout} s")
-        return found[0]
+        found = self._history.wait_for(predicate, timeout, after=after)
+        if found is None:
+            raise FHIRError(f"no change matching {match!r} within {timeout} s")
+        return found
 
     def changes(self) -> list[Change]:
         """The changes received so far (most recent 10,000)."""
-        with self._cond:
-            return list(self._history)
+        return self._history.items()
 
     # -- actions ------------------------------------------------------------------------
 
