@@ -382,6 +382,65 @@ class Cohort:
         )
         return frame
 
+    def recheck(
+        self,
+        study_ids: Sequence[str],
+        level: str = "series",
+        *,
+        matching_series_only: bool = True,
+    ) -> pd.DataFrame:
+        """The rows :meth:`studies` would give now for the ImagingStudies *study_ids* only.
+
+        The cohort's own plan runs again with the study search restricted by ``_id``
+        (FHIR R4 search.html §3.1.1.4.1, ``_id``; :data:`~imagingkit.fhir.plan.ID_BATCH`
+        ids per request), so a study is in the result exactly when it is in the cohort
+        now, with the columns and dtypes of :meth:`studies` (DESIGN.md D6). A live frame
+        uses it to re-check the studies a Subscription reported as changed.
+
+        Parameters
+        ----------
+        study_ids : sequence of str
+            Logical ids of ImagingStudy resources; at least one.
+        level, matching_series_only
+            As :meth:`studies`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Without ``attrs["imagingkit"]`` provenance: the rows are a part of the cohort,
+            not a query that can be pulled again.
+
+        Raises
+        ------
+        InvalidQueryError
+            *study_ids* is empty.
+        """
+        level = check_level(level)
+        ids = list(study_ids)
+        if not ids:
+            raise InvalidQueryError("recheck needs at least one ImagingStudy id")
+        instances = level == "instance"
+        series_filter = self._series_filter() if matching_series_only else None
+        frames = []
+        for batch in _batches(ids):
+
+            def action(run: _Execution, restrict: str = ",".join(batch)) -> _Result:
+                params = (*run.plan.study_params, ("_id", restrict))
+                run.plan = replace(run.plan, study_params=params)
+                return run.run(instances=instances)
+
+            result = self._execute(action, None, False)
+            frame = studies_frame(
+                result.collected,
+                level=level,
+                dicomweb=self.bridge.dicomweb,
+                series_filter=series_filter,
+            )
+            if level != "study" and self.bridge.dicomweb_client_factory is not None:
+                frame = self.bridge.fill_in(frame, result.collected, level)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
     def _series_filter(self) -> Callable[[SeriesBase], bool] | None:
         checks: list[Modality | BodySite] = [
             c for c in self.criteria if isinstance(c, (Modality, BodySite))

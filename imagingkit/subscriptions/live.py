@@ -4,7 +4,8 @@
 "ImagingStudy created or updated" topic where the server declares it, else a legacy
 ``criteria=ImagingStudy`` Subscription), loads the cohort (``cohort.studies()``), then for
 each batch of changed studies runs the cohort's own plan again restricted to those ids
-(``_id=…``) and replaces, adds or removes their rows. The rows therefore have exactly the
+(:meth:`~imagingkit.fhir.cohort.Cohort.recheck`, ``_id=…``) and replaces, adds or removes
+their rows. The rows therefore have exactly the
 columns and dtypes of ``cohort.studies()`` (DESIGN.md D6), and a study is in the frame
 exactly when the cohort would return it now.
 
@@ -25,15 +26,14 @@ import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from imagingkit.errors import FHIRError, ImagingKitError, InvalidInputError
-from imagingkit.fhir.flatten import COLUMNS, categorical, check_level, studies_frame
-from imagingkit.fhir.plan import ID_BATCH
+from imagingkit.fhir.flatten import COLUMNS, categorical, check_level
 from imagingkit.subscriptions.listener import Change, SubscriptionListener, callback_dispatcher
 
 if TYPE_CHECKING:
@@ -274,37 +274,14 @@ class LiveFrame:
                     self._pending.update(ids)  # e.g. the server restarts: try again
                     self._cond.wait(min(5.0, 0.5 * 2**failures))
 
-    def _rows_for(self, ids: Sequence[str]) -> pd.DataFrame:
-        """The rows the cohort gives now for the studies *ids* (its own plan, plus ``_id``)."""
-        cohort = self.cohort
-        frames = []
-        instances = self.level == "instance"
-        series_filter = cohort._series_filter() if self.matching_series_only else None
-        for start in range(0, len(ids), ID_BATCH):
-            batch = ",".join(ids[start : start + ID_BATCH])
-
-            def action(run: Any, batch: str = batch) -> Any:
-                run.plan = replace(run.plan, study_params=(*run.plan.study_params, ("_id", batch)))
-                return run.run(instances=instances)
-
-            result = cohort._execute(action, None, False)
-            frame = studies_frame(
-                result.collected,
-                level=self.level,
-                dicomweb=cohort.bridge.dicomweb,
-                series_filter=series_filter,
-            )
-            if self.level != "study" and cohort.bridge.dicomweb_client_factory is not None:
-                frame = cohort.bridge.fill_in(frame, result.collected, self.level)
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
     def apply(self, ids: Iterable[str]) -> FrameDiff:
         """Re-check the studies *ids* against the cohort and update their rows now."""
         wanted = sorted(set(ids))
         if not wanted:
             return FrameDiff(version=self.version)
-        fresh = self._rows_for(wanted)
+        fresh = self.cohort.recheck(
+            wanted, self.level, matching_series_only=self.matching_series_only
+        )
         self.rechecks += 1
         with self._cond:
             old = self._df
