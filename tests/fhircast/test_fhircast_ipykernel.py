@@ -11,39 +11,16 @@ import time
 
 import pytest
 from fhircast_helpers import new_topic, patient_open, publish, wait_until
+from kernels import run_cell, started_kernel
 
-jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client (with ipykernel)")
+pytest.importorskip("jupyter_client", reason="jupyter_client (with ipykernel)")
 pytest.importorskip("ipykernel", reason="ipykernel is part of the lab extra")
-
-
-def run_cell(client, code: str, timeout: float = 60) -> str:
-    """Execute *code*; return its stdout, failing on an error reply."""
-    msg_id = client.execute(code)
-    output = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            output.append(content["text"])
-        elif kind == "error":
-            raise AssertionError("\n".join(content["traceback"]))
-        elif kind == "status" and content["execution_state"] == "idle":
-            return "".join(output)
-    raise AssertionError(f"cell did not finish within {timeout} s")
 
 
 @pytest.fixture
 def kernel():
-    manager, client = jupyter_client.manager.start_new_kernel(
-        kernel_name="python3", startup_timeout=60
-    )
-    yield manager, client
-    client.stop_channels()
-    if manager.has_kernel:
-        manager.shutdown_kernel(now=True)
+    with started_kernel(startup_timeout=60) as (manager, client):
+        yield manager, client
 
 
 def test_client_in_a_running_kernel(hub, kernel):

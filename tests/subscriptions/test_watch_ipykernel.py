@@ -9,40 +9,19 @@ from pathlib import Path
 import pytest
 import requests
 from client_helpers import wait_until
+from kernels import run_cell, started_kernel
 from test_watch import put, seed, study
 
 from imagingkit.sandbox.fhir.testing import serving_store
 
-jupyter_client = pytest.importorskip("jupyter_client", reason="jupyter_client (with ipykernel)")
+pytest.importorskip("jupyter_client", reason="jupyter_client (with ipykernel)")
 pytest.importorskip("ipykernel", reason="ipykernel is part of the lab extra")
-
-
-def run_cell(client, code: str, timeout: float = 90) -> str:  # type: ignore[no-untyped-def]
-    """Execute *code*; return its stdout, failing on an error reply."""
-    msg_id = client.execute(code)
-    output = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            output.append(content["text"])
-        elif kind == "error":
-            raise AssertionError("\n".join(content["traceback"]))
-        elif kind == "status" and content["execution_state"] == "idle":
-            return "".join(output)
-    raise AssertionError(f"cell did not finish within {timeout} s")
 
 
 def test_watch_in_a_running_kernel(tmp_path: Path) -> None:
     with serving_store(tmp_path) as (base, _store):
         seed(base)
-        manager, client = jupyter_client.manager.start_new_kernel(
-            kernel_name="python3", startup_timeout=90
-        )
-        try:
+        with started_kernel(startup_timeout=90) as (manager, client):
             out = run_cell(
                 client,
                 f"""
@@ -55,15 +34,16 @@ live.on_change(lambda d: seen.append(
 print(live.status, sorted(live.study_ids), asyncio.get_running_loop().is_running())
 print(live.listener.subscription_id)
 """,
+                timeout=90,
             )
             first, sub_id = out.strip().splitlines()
             assert first.split() == ["connected", "['s1']", "True"]
             put(base, study("k1", "CT"))
             for _ in range(200):  # callbacks run on the kernel's loop between cells
-                if run_cell(client, "print(len(seen))").strip() == "1":
+                if run_cell(client, "print(len(seen))", timeout=90).strip() == "1":
                     break
                 time.sleep(0.05)
-            assert run_cell(client, "print(seen)").strip() == "[(('k1',), True)]"
+            assert run_cell(client, "print(seen)", timeout=90).strip() == "[(('k1',), True)]"
             client.stop_channels()
             manager.shutdown_kernel(now=False)  # atexit: the Subscription is deleted
             wait_until(
@@ -74,7 +54,3 @@ print(live.listener.subscription_id)
                 timeout=30,
                 what="Subscription deleted at kernel exit",
             )
-        finally:
-            client.stop_channels()
-            if manager.has_kernel:
-                manager.shutdown_kernel(now=True)
