@@ -13,6 +13,7 @@ here:
   safe) or on one dispatcher thread; :func:`invoke` calls one on the running loop;
 - :class:`EventHistory` — what arrived, with :meth:`~EventHistory.mark` and
   :meth:`~EventHistory.wait_for`;
+- :class:`ClientThreads` — the two together, started and stopped as one;
 - :func:`retry_with_backoff` — reconnecting with doubling, jittered, capped delays;
 - :func:`open_websocket` — the websocket options both use (no compression, no proxy,
   keep-alive pings);
@@ -42,6 +43,7 @@ from imagingkit.errors import ImagingKitError
 
 __all__ = [
     "CallbackDispatcher",
+    "ClientThreads",
     "ClosedAtExit",
     "EventHistory",
     "LoopThread",
@@ -260,6 +262,49 @@ def callback_dispatcher(
             loop = None
     chosen = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
     return CallbackDispatcher(chosen, name=name, logger=logger, label=label)
+
+
+class ClientThreads:
+    """The threads behind a blocking notification client, started and stopped together:
+    the network loop and the callback dispatcher (a thread only without a caller loop).
+
+    Parameters
+    ----------
+    loop : LoopThread
+        Where the asyncio client runs.
+    dispatcher : CallbackDispatcher
+        Where its callbacks run.
+    """
+
+    def __init__(self, loop: LoopThread, dispatcher: CallbackDispatcher) -> None:
+        self.loop = loop
+        self.dispatcher = dispatcher
+
+    def start(self, coro: Awaitable[T], timeout: float | None) -> T:
+        """Run the client's start *coro*; if it fails, stop both threads and re-raise
+        (a client that never connected leaves no thread behind)."""
+        try:
+            return self.loop.run(coro, timeout)
+        except BaseException:
+            self.loop.stop()
+            self.dispatcher.stop()
+            raise
+
+    def stop(
+        self,
+        closing: Callable[[], Awaitable[Any]],
+        *,
+        timeout: float,
+        wait: float,
+        ignore: type[BaseException],
+    ) -> None:
+        """Run ``closing()`` on the loop if it still runs (waiting at most *wait* seconds,
+        *ignore* errors ignored), then stop the loop and the dispatcher."""
+        if self.loop.alive:
+            with contextlib.suppress(ignore):
+                self.loop.run(closing(), wait)
+        self.loop.stop(timeout)
+        self.dispatcher.stop(timeout)
 
 
 # --------------------------------------------------------------------------- history

@@ -43,6 +43,7 @@ from imagingkit.errors import FHIRcastError, InvalidInputError
 from imagingkit.fhircast import protocol
 from imagingkit.fhircast.protocol import Event
 from imagingkit.notify import (
+    ClientThreads,
     ClosedAtExit,
     EventHistory,
     LoopThread,
@@ -823,12 +824,8 @@ class FhircastClient:
         self._client._taps.append(self._history.record)
         self._timeout = self._client.timeout
         self._lt = LoopThread("imagingkit-fhircast", error=FHIRcastError, kind="FHIRcast")
-        try:
-            self._lt.run(self._client.start(), self._timeout * 3)
-        except BaseException:
-            self._lt.stop()
-            self._dispatcher.stop()
-            raise
+        self._threads = ClientThreads(self._lt, self._dispatcher)
+        self._threads.start(self._client.start(), self._timeout * 3)
         _OPEN_CLIENTS.add(self)
 
     # --- delegation --------------------------------------------------------------------
@@ -1049,11 +1046,12 @@ class FhircastClient:
     def close(self, timeout: float = 5.0) -> None:
         """Unsubscribe, close the socket with 1000, stop the threads. Idempotent."""
         _OPEN_CLIENTS.discard(self)
-        if self._lt.alive:
-            with contextlib.suppress(FHIRcastError):
-                self._lt.run(self._client.close(timeout), timeout * 2)
-        self._lt.stop(timeout)
-        self._dispatcher.stop(timeout)
+        self._threads.stop(
+            lambda: self._client.close(timeout),
+            timeout=timeout,
+            wait=timeout * 2,
+            ignore=FHIRcastError,
+        )
 
     def __enter__(self) -> FhircastClient:
         return self

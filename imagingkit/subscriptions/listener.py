@@ -64,6 +64,7 @@ from imagingkit.errors import (
 from imagingkit.fhir.client import FhirClient, search_url
 from imagingkit.notify import (
     CallbackDispatcher,
+    ClientThreads,
     ClosedAtExit,
     EventHistory,
     LoopThread,
@@ -953,12 +954,8 @@ class SubscriptionListener:
         self._timeout = self._client.timeout
         # the loop thread's own errors (timeout, closed) keep the wording they always had
         self._lt = LoopThread("imagingkit-subscriptions", error=_loop_error, kind="FHIRcast")
-        try:
-            self._run(self._client.start(), self._timeout * 6)
-        except BaseException:
-            self._lt.stop()
-            self._dispatcher.stop()
-            raise
+        self._threads = ClientThreads(self._lt, self._dispatcher)
+        self._threads.start(self._client.start(), self._timeout * 6)
         _OPEN.add(self)
 
     def _run(self, coro: Awaitable[T], timeout: float) -> T:
@@ -1053,11 +1050,12 @@ class SubscriptionListener:
     def close(self, timeout: float = 5.0) -> None:
         """Close the socket, delete (or switch off) the Subscription, stop the threads."""
         _OPEN.discard(self)
-        if self._lt.alive:
-            with contextlib.suppress(ImagingKitError):
-                self._run(self._client.close(cleanup=False), timeout * 3)
-        self._lt.stop(timeout)
-        self._dispatcher.stop(timeout)
+        self._threads.stop(
+            lambda: self._client.close(cleanup=False),
+            timeout=timeout,
+            wait=timeout * 3,
+            ignore=ImagingKitError,
+        )
         self._client.cleanup_subscription()  # here: works at interpreter exit too
 
     def __enter__(self) -> SubscriptionListener:
