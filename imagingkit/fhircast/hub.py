@@ -884,7 +884,9 @@ class _ChannelHandler(tornado.websocket.WebSocketHandler):
         return proto
 
 
-_BATCHED_READS = all(
+#: The batched reader uses tornado internals: only on the tornado releases it was tested
+#: with (6.x up to 6.6); any other release keeps tornado's own reader.
+_BATCHED_READS = (6, 3) <= tornado.version_info[:2] <= (6, 6) and all(
     hasattr(tornado.websocket.WebSocketProtocol13, name)
     for name in ("_receive_frame_loop", "_handle_message", "_abort")
 )
