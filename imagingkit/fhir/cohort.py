@@ -368,15 +368,7 @@ class Cohort:
         level = check_level(level)
         instances = level == "instance"
         result = self._execute(lambda run: run.run(instances=instances), executor, progress)
-        series_filter = self._series_filter() if matching_series_only else None
-        frame = studies_frame(
-            result.collected,
-            level=level,
-            dicomweb=self.bridge.dicomweb,
-            series_filter=series_filter,
-        )
-        if level != "study" and self.bridge.dicomweb_client_factory is not None:
-            frame = self.bridge.fill_in(frame, result.collected, level)
+        frame = self._frame(result, level, matching_series_only)
         frame.attrs["imagingkit"] = self.bridge.provenance(
             self, "studies", level, matching_series_only=matching_series_only
         )
@@ -420,7 +412,6 @@ class Cohort:
         if not ids:
             raise InvalidQueryError("recheck needs at least one ImagingStudy id")
         instances = level == "instance"
-        series_filter = self._series_filter() if matching_series_only else None
         frames = []
         for batch in _batches(ids):
 
@@ -429,17 +420,23 @@ class Cohort:
                 run.plan = replace(run.plan, study_params=params)
                 return run.run(instances=instances)
 
-            result = self._execute(action, None, False)
-            frame = studies_frame(
-                result.collected,
-                level=level,
-                dicomweb=self.bridge.dicomweb,
-                series_filter=series_filter,
+            frames.append(
+                self._frame(self._execute(action, None, False), level, matching_series_only)
             )
-            if level != "study" and self.bridge.dicomweb_client_factory is not None:
-                frame = self.bridge.fill_in(frame, result.collected, level)
-            frames.append(frame)
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def _frame(self, result: _Result, level: str, matching_series_only: bool) -> pd.DataFrame:
+        """The DataFrame of one run's resources, filled in by QIDO where studies lack series."""
+        series_filter = self._series_filter() if matching_series_only else None
+        frame = studies_frame(
+            result.collected,
+            level=level,
+            dicomweb=self.bridge.dicomweb,
+            series_filter=series_filter,
+        )
+        if level != "study" and self.bridge.dicomweb_client_factory is not None:
+            frame = self.bridge.fill_in(frame, result.collected, level)
+        return frame
 
     def _series_filter(self) -> Callable[[SeriesBase], bool] | None:
         checks: list[Modality | BodySite] = [
