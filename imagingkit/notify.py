@@ -33,7 +33,7 @@ import random
 import threading
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import websockets
@@ -430,12 +430,20 @@ async def retry_with_backoff(
 
 
 async def open_websocket(
-    url: str, *, timeout: float, max_size: int, error: ErrorFactory, what: str
+    url: str,
+    *,
+    timeout: float,
+    max_size: int,
+    error: ErrorFactory,
+    what: str,
+    headers: Mapping[str, str] | None = None,
 ) -> ClientConnection:
     """Open a websocket to *url* (RFC 6455) the way notification clients do.
 
     No per-message compression, no proxy (the URL is used as given), pings every 20 s
-    with a 20 s timeout, frames up to *max_size* bytes.
+    with a 20 s timeout, frames up to *max_size* bytes. *headers* go with the opening
+    handshake (e.g. the credential of the socket's own origin; the caller checks the
+    origin).
 
     Raises
     ------
@@ -452,6 +460,7 @@ async def open_websocket(
             max_size=max_size,
             ping_interval=20,
             ping_timeout=20,
+            additional_headers=dict(headers) if headers else None,
         )
     except (OSError, websockets.exceptions.WebSocketException, asyncio.TimeoutError) as exc:
         raise error(f"could not open the {what}: {exc}") from exc

@@ -256,6 +256,28 @@ def test_a_kernel_finds_its_server_and_connects_with_its_token(
     assert server.auth().headers_for("http://127.0.0.1:1/") == {}
 
 
+def test_watch_through_jupyter_sees_a_new_study(jupyter: JupyterProcess, as_kernel: None) -> None:
+    """A FHIR Subscription's websocket passes Jupyter's auth with the server's token."""
+    server = current_server(pid=jupyter.process.pid)
+    bridge = imagingkit.connect(server.base_urls(wait=10)["fhir"], auth=server.auth())
+    template = jupyter.get("/fhir/ImagingStudy", params={"_count": "1"}).json()["entry"][0]
+    study = {k: v for k, v in template["resource"].items() if k not in ("id", "meta")}
+    uid = f"2.25.{secrets.randbits(100)}"
+    study["identifier"] = [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}]
+    with bridge.watch(level="study", debounce=0) as live:
+        before = len(live.df)
+        created = requests.post(
+            f"{jupyter.imagingkit}/fhir/ImagingStudy",
+            json=study,
+            headers=jupyter.headers,
+            timeout=60,
+        )
+        assert created.status_code == 201, created.text
+        frame = live.wait_for(before + 1, timeout=60)
+        assert uid in set(frame["StudyInstanceUID"])
+        assert live.stats.events >= 1
+
+
 def test_current_server_names_the_missing_server(as_kernel: None) -> None:
     with pytest.raises(ConfigError, match="no running Jupyter server"):
         current_server(pid=2**22 + 12345)

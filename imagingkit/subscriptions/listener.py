@@ -103,11 +103,11 @@ __all__ = [
 
 log = logging.getLogger("imagingkit.subscriptions")
 T = TypeVar("T")
-# user callbacks of the listener and the live frame; failures are reported as they always
-# were, with the FHIRcast client's (whose dispatcher this used to be)
-_CALLBACK_LOG = logging.getLogger("imagingkit.fhircast.client")
-_CALLBACK_LABEL = "FHIRcast"
-_CALLBACK_THREAD = "imagingkit-fhircast-callbacks"
+# user callbacks of the listener and the live frame: failures are logged here, labelled
+# as the subscription listener's
+_CALLBACK_LOG = log
+_CALLBACK_LABEL = "subscription listener"
+_CALLBACK_THREAD = "imagingkit-subscription-callbacks"
 Callback = Callable[[Any], Any]
 _MAX_PAGES = 1000
 _MAX_VERSIONS = 100_000
@@ -410,12 +410,16 @@ class AsyncSubscriptionListener:
                 await self._connect_legacy()
 
     async def _open(self, url: str) -> ClientConnection:
+        """Open the socket at *url*, which has the FHIR server's origin (checked by the
+        callers): it carries the credential of that origin (D7), as servers that guard
+        the socket like every other path (Jupyter, ``--auth``) expect."""
         return await open_websocket(
             url,
             timeout=self.timeout,
             max_size=64 * 1024 * 1024,
             error=FHIRError,
             what="subscription websocket",
+            headers=self.fhir.auth.headers_for(self.fhir.url),
         )
 
     async def _connect_token(self) -> None:
@@ -952,8 +956,9 @@ class SubscriptionListener:
         self._history: EventHistory[Change] = EventHistory()
         self._client._taps.append(self._history.record)
         self._timeout = self._client.timeout
-        # the loop thread's own errors (timeout, closed) keep the wording they always had
-        self._lt = LoopThread("imagingkit-subscriptions", error=_loop_error, kind="FHIRcast")
+        self._lt = LoopThread(
+            "imagingkit-subscriptions", error=_loop_error, kind="subscription listener"
+        )
         self._threads = ClientThreads(self._lt, self._dispatcher)
         self._threads.start(self._client.start(), self._timeout * 6)
         _OPEN.add(self)
