@@ -33,6 +33,21 @@ What it does:
    its status to ``off``; ``"keep"`` leaves it — the default for an adopted one), also at
    interpreter exit.
 
+**The rest-hook channel** (``channel="rest-hook"``) replaces steps 2 and 4: the listener
+runs a loopback HTTP receiver (:mod:`.resthook`: 127.0.0.1, an unguessable path, a shared
+secret in ``channel.header``) and creates the Subscription with ``channel.type =
+rest-hook`` and that endpoint. Start-up waits for the server's handshake POST (topic
+Subscriptions; a legacy one is polled until ``active`` and pings with an empty POST).
+Notifications feed the same parser, gap tracker, ``$events``/re-query recovery and
+callbacks as the websocket. A notification reporting status ``error``, or heartbeat
+silence (after ``$status``), makes the listener re-activate the Subscription — a PUT with
+status ``requested`` and its current endpoint, which the server answers with a new
+handshake whose count reveals what was missed (Backport IG ``errors.md``: only the client
+re-activates). An adopted Subscription (``subscription_id=``) is re-pointed at the new
+receiver the same way. The FHIR server must be able to reach the notebook's loopback
+address — it must run on the same machine — which is why the websocket stays the
+default.
+
 HTTP goes through :class:`~imagingkit.fhir.client.FhirClient` (the bridge's AuthMap), on
 worker threads; nothing carries credentials to another origin.
 """
@@ -91,6 +106,7 @@ from imagingkit.subscriptions.resources import (
     same_origin_websocket,
     topic_subscription,
 )
+from imagingkit.subscriptions.resthook import DEFAULT_MAX_BODY, RestHookReceiver
 from imagingkit.subscriptions.topics import BACKPORT_SUBSCRIPTION_PROFILE, IMAGINGSTUDY_TOPIC
 
 __all__ = [
@@ -157,6 +173,8 @@ class ListenerStats:
     reconnects: int = 0
     malformed: int = 0
     errors: int = 0
+    refused: int = 0  # rest-hook POSTs without the right path or secret
+    reactivations: int = 0  # rest-hook Subscriptions put back to ``requested``
 
 
 def _instant(value: Any) -> dt.datetime | None:
@@ -224,6 +242,11 @@ class AsyncSubscriptionListener:
     on_close : {"delete", "off", "keep"}, optional
         What :meth:`close` does to the Subscription; default ``"delete"`` for one this
         listener created, ``"keep"`` for an adopted one.
+    channel : {"websocket", "rest-hook"}
+        How notifications arrive. ``"rest-hook"`` runs a receiver on 127.0.0.1: the FHIR
+        server must run on the same machine (see the module docstring).
+    max_body : int
+        Largest rest-hook notification accepted, in bytes.
     """
 
     def __init__(
@@ -245,8 +268,12 @@ class AsyncSubscriptionListener:
         timeout: float = 10.0,
         active_timeout: float = 10.0,
         on_close: str | None = None,
+        channel: str = "websocket",
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.resource_type, self.params = _split_criteria(criteria)
+        if channel not in ("websocket", "rest-hook"):
+            raise InvalidInputError(f"channel {channel!r} is not 'websocket' or 'rest-hook'")
         if binding not in ("auto", "token", "bind"):
             raise InvalidInputError(f"binding {binding!r} is not 'auto', 'token' or 'bind'")
         if framing not in ("json", "text", "auto"):
@@ -270,7 +297,18 @@ class AsyncSubscriptionListener:
         self.stats = ListenerStats()
         self.status = "idle"
         self.mode = ""  # "topic" or "criteria"
-        self.channel = ""  # "token" or "bind"
+        self.channel = ""  # "token", "bind" or "rest-hook"
+        self.channel_type = channel
+        self._receiver: RestHookReceiver | None = None
+        if channel == "rest-hook":
+            self._receiver = RestHookReceiver(
+                self._on_post, on_refused=self._on_refused, max_body=max_body
+            )
+        self._repoint = False  # the Subscription must be PUT with our endpoint first
+        self._early: list[Notification] = []  # rest-hook notes before the id is known
+        self._handshaken = asyncio.Event()
+        self._trouble = asyncio.Event()
+        self._alive_since = 0.0
         self.error: ImagingKitError | None = None
         self.tracker = EventTracker(grace=grace)
         if after_event is not None:
@@ -343,12 +381,16 @@ class AsyncSubscriptionListener:
         """
         self._set_status("connecting")
         try:
+            if self._receiver is not None:
+                self._receiver.start()
             await self._subscribe()
             await self._connect()
         except BaseException:
             self._set_status("failed")
             if self._created:
                 await self._cleanup_subscription()
+            if self._receiver is not None:
+                await self._receiver.stop()
             raise
         self._runner = asyncio.ensure_future(self._run())
 
@@ -361,6 +403,7 @@ class AsyncSubscriptionListener:
             self.mode = "topic" if BACKPORT_SUBSCRIPTION_PROFILE in profiles else "criteria"
             if self.on_close is None:
                 self.on_close = "keep"
+            self._repoint = self._receiver is not None
         else:
             topic = self.topic
             if topic == "auto":
@@ -381,6 +424,9 @@ class AsyncSubscriptionListener:
             else:
                 self.mode = "criteria"
                 resource = criteria_subscription(self.criteria)
+            if self._receiver is not None:
+                resource = self._rest_hook_channel(resource)
+            self._handshaken.clear()
             sub = await self._json("post", "Subscription", resource)
             if not isinstance(sub, Mapping) or not sub.get("id"):
                 raise FHIRError("the FHIR server did not return the created Subscription")
@@ -392,10 +438,16 @@ class AsyncSubscriptionListener:
         self.tracker.heartbeat_period = period
         self._since = _instant((sub.get("meta") or {}).get("lastUpdated"))
         log.info("Subscription/%s (%s) on %s", self.subscription_id, self.mode, self.fhir.url)
+        early, self._early = self._early, []
+        if early:  # the handshake may be POSTed before the create is answered
+            self._handle_notifications(tuple(early))
 
     async def _connect(self) -> None:
-        """Open the socket and bind the Subscription (raises on failure)."""
-        if self.mode == "topic" or self.binding == "token":
+        """Open the socket and bind the Subscription (raises on failure); for a
+        rest-hook, (re-)activate it and wait for the handshake."""
+        if self._receiver is not None:
+            await self._connect_resthook()
+        elif self.mode == "topic" or self.binding == "token":
             await self._connect_token()
         elif self.binding == "bind":
             await self._connect_legacy()
@@ -408,6 +460,129 @@ class AsyncSubscriptionListener:
                 log.info("no binding tokens here (%s); legacy bind", exc)
                 self.binding = "bind"
                 await self._connect_legacy()
+
+    # -- the rest-hook channel ----------------------------------------------------------
+
+    def _rest_hook_channel(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        """*resource* with ``channel`` pointed at this listener's receiver: type
+        ``rest-hook``, the endpoint, the shared secret as a ``channel.header`` (replacing
+        any ``Authorization`` header); a legacy Subscription gets no payload (an empty
+        POST is a ping, R4 subscription.html §2.46.7.1)."""
+        assert self._receiver is not None
+        channel = dict(resource.get("channel") or {})
+        headers = [
+            h
+            for h in channel.get("header") or []
+            if isinstance(h, str) and not h.lower().startswith("authorization:")
+        ]
+        channel.update(
+            type="rest-hook",
+            endpoint=self._receiver.endpoint,
+            header=[*headers, self._receiver.header],
+        )
+        if self.mode == "criteria":
+            channel.pop("payload", None)
+            channel.pop("_payload", None)
+        return {**resource, "channel": channel}
+
+    async def _connect_resthook(self) -> None:
+        """Activate the rest-hook Subscription: PUT it back to ``requested`` with this
+        receiver's endpoint when needed (adopted, or re-activating after an error), then
+        wait for the handshake (topic) or for ``active`` (legacy)."""
+        assert self._receiver is not None
+        if not self._receiver.running:
+            self._receiver.start()
+        path = f"Subscription/{self.subscription_id}"
+        if self._repoint:
+            sub = await self._json("get", path)
+            if not isinstance(sub, Mapping):
+                raise FHIRError(f"{path} could not be read to re-activate it")
+            updated = self._rest_hook_channel(sub)
+            updated["status"] = "requested"
+            updated.pop("error", None)
+            self._handshaken.clear()
+            await self._json("put", path, updated)
+            self.stats.reactivations += 1
+        self._repoint = True  # every later connect re-activates
+        if self.mode == "topic":
+            await self._await_handshake()
+        else:
+            await self._wait_active()
+        self.channel = "rest-hook"
+        self._trouble.clear()
+        self._alive_since = time.monotonic()
+        self._set_status("connected")
+        if self.mode == "criteria":
+            await self.requery("activated")
+
+    async def _await_handshake(self) -> None:
+        try:
+            await asyncio.wait_for(self._handshaken.wait(), self.timeout)
+            return
+        except asyncio.TimeoutError:
+            pass
+        sub = await self._json("get", f"Subscription/{self.subscription_id}")
+        status = (sub or {}).get("status")
+        if status == "active":
+            return
+        assert self._receiver is not None
+        detail = (sub or {}).get("error")
+        raise FHIRError(
+            f"no rest-hook handshake within {self.timeout} s: Subscription/"
+            f"{self.subscription_id} is {status!r}{f' ({detail})' if detail else ''}; the "
+            f"FHIR server must reach {self._receiver.endpoint.rsplit('/', 1)[0]}/… on this "
+            "machine"
+        )
+
+    def _on_post(self, body: bytes) -> int:
+        """An authenticated rest-hook POST (on the loop): 200, or 400 if unreadable."""
+        if self.mode == "criteria":  # legacy: any POST is a ping (R4 §2.46.7.1)
+            self.stats.notifications += 1
+            self._alive_since = time.monotonic()
+            if self.subscription_id and self.status == "connected":
+                self._spawn(self.requery("rest-hook ping"))
+            return 200
+        try:
+            notes = parse_notifications(body)
+        except InvalidInputError as exc:
+            self.stats.malformed += 1
+            log.warning("rest-hook notification refused: %s", exc)
+            return 400
+        self._handle_notifications(notes)
+        return 200
+
+    def _on_refused(self) -> None:
+        self.stats.refused += 1
+
+    async def _watch_resthook(self) -> None:
+        """While listening on a rest-hook: re-activate on a reported ``error`` or after
+        heartbeat silence (``$status`` first, which may reveal missed events)."""
+        while not self._closing:
+            budget = self.tracker.silence_budget()
+            last = max(self.tracker.last_message or 0.0, self._alive_since)
+            wait = None if budget is None else max(0.05, last + budget - time.monotonic())
+            try:
+                await asyncio.wait_for(self._trouble.wait(), wait)
+                reason = "the server reports status error"
+            except asyncio.TimeoutError:
+                last = max(self.tracker.last_message or 0.0, self._alive_since)
+                if budget is None or time.monotonic() - last < budget:
+                    continue
+                self.stats.silences += 1
+                log.warning(
+                    "no heartbeat from Subscription/%s for %.1f s: $status, re-activate",
+                    self.subscription_id,
+                    budget,
+                )
+                await self.check_status()
+                reason = "heartbeat silence"
+            if self._closing:
+                break
+            log.info("re-activating Subscription/%s: %s", self.subscription_id, reason)
+            self._trouble.clear()
+            if not await self._reconnect():
+                self._set_status("failed")
+                break
 
     async def _open(self, url: str) -> ClientConnection:
         """Open the socket at *url*, which has the FHIR server's origin (checked by the
@@ -524,6 +699,9 @@ class AsyncSubscriptionListener:
     # -- the receive loop ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        if self._receiver is not None:
+            await self._watch_resthook()
+            return
         while not self._closing:
             ws = self._ws
             if ws is None:
@@ -576,6 +754,9 @@ class AsyncSubscriptionListener:
         self._handle_notifications(notes)
 
     def _handle_notifications(self, notes: tuple[Notification, ...]) -> None:
+        if self.subscription_id is None:  # a rest-hook handshake before the create answer
+            self._early.extend(notes[: max(0, 100 - len(self._early))])
+            return
         now = time.monotonic()
         for note in notes:
             if note.subscription_id and note.subscription_id != self.subscription_id:
@@ -583,6 +764,9 @@ class AsyncSubscriptionListener:
             self.stats.notifications += 1
             if note.type == "handshake":
                 self.stats.handshakes += 1
+                self._handshaken.set()
+            if note.status == "error" and self.channel == "rest-hook":
+                self._trouble.set()  # only the client re-activates (errors.md)
             elif note.type == "heartbeat":
                 self.stats.heartbeats += 1
             if note.status == "error" or note.errors:
@@ -864,6 +1048,8 @@ class AsyncSubscriptionListener:
             task.cancel()
         if cleanup:
             await self._cleanup_subscription()
+        if self._receiver is not None:
+            await self._receiver.stop(self.timeout)
         self._set_status("closed")
 
 
@@ -940,6 +1126,10 @@ class SubscriptionListener:
     >>> listener.on_change(lambda change: print(change.focus))           # doctest: +SKIP
     >>> listener.wait_for(lambda c: c.focus == "ImagingStudy/s9", 30)    # doctest: +SKIP
     >>> listener.close()                                                 # doctest: +SKIP
+
+    A FHIR server on the same machine can POST instead (rest-hook channel):
+
+    >>> SubscriptionListener(fhir, "ImagingStudy", channel="rest-hook")  # doctest: +SKIP
     """
 
     def __init__(
@@ -980,7 +1170,7 @@ class SubscriptionListener:
 
     @property
     def channel(self) -> str:
-        """``"token"`` (bind-with-token) or ``"bind"`` (legacy bind)."""
+        """``"token"`` (bind-with-token), ``"bind"`` (legacy bind) or ``"rest-hook"``."""
         return self._client.channel
 
     @property
