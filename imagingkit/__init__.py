@@ -37,10 +37,11 @@ __all__ = [
     "connect",
     "context",
     "from_provenance",
+    "widgets",
 ]
 
 if TYPE_CHECKING:
-    from imagingkit import context
+    from imagingkit import context, widgets
     from imagingkit.bridge import Bridge, connect, from_provenance
     from imagingkit.fhir.cohort import Cohort
 
@@ -53,7 +54,7 @@ _LAZY = {
 
 
 #: subpackages loaded on first attribute access (``imagingkit.context.current()``)
-_SUBMODULES = {"context"}
+_SUBMODULES = {"context", "widgets"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ from imagingkit.context import NotebookContext, current
 from imagingkit.errors import ImagingKitError, redact_url
 from imagingkit.fhircast import protocol
 from imagingkit.widgets.markup import MISSING, message, table
-from imagingkit.widgets.tree import close_tree
+from imagingkit.widgets.tree import close_models, close_tree
 
 __all__ = ["ContextBar", "describe"]
 
@@ -81,6 +81,8 @@ class ContextBar(ipywidgets.VBox):
         The outcome of the last click.
     """
 
+    _closed = True  # until the bar observes the context
+
     def __init__(
         self,
         context: NotebookContext | None = None,
@@ -107,6 +109,7 @@ class ContextBar(ipywidgets.VBox):
         self.bind_button.on_click(lambda _button: self.bind())
         self.unbind_button.on_click(lambda _button: self.unbind())
         self.context.observe(self._refresh, names=_TRAITS)
+        self._closed = False
         super().__init__(
             children=[
                 self.summary,
@@ -139,10 +142,14 @@ class ContextBar(ipywidgets.VBox):
 
     def close(self) -> None:
         """Stop observing the context and close the bar."""
+        if self._closed:
+            return
+        self._closed = True
         self.context.unobserve(self._refresh, names=_TRAITS)
         for child in self.children:
             close_tree(child)
         super().close()
+        close_models(self)
 
     def _refresh(self, _change: Any = None) -> None:
         ctx = self.context

@@ -22,7 +22,7 @@ from traitlets import Int
 from imagingkit.context import NotebookContext, current
 from imagingkit.widgets.frames import UID
 from imagingkit.widgets.markup import message, table
-from imagingkit.widgets.tree import close_tree
+from imagingkit.widgets.tree import close_models, close_tree
 
 if TYPE_CHECKING:
     from imagingkit.subscriptions.live import FrameDiff, LiveFrame
@@ -70,6 +70,7 @@ class LiveTable(ipywidgets.VBox):
     studies = Int(0)
     rows = Int(0)
     version = Int(0)
+    _closed = True  # until the table observes the context
 
     def __init__(
         self,
@@ -87,13 +88,13 @@ class LiveTable(ipywidgets.VBox):
         self.last_change: FrameDiff | None = None
         self.changed_at: dt.datetime | None = None
         self._lock = threading.Lock()
-        self._closed = False
         self.header = ipywidgets.HTML()
         self.change = ipywidgets.HTML(message("No change since the frame was loaded"))
         self.body = ipywidgets.HTML()
         super().__init__(children=[self.header, self.change, self.body])
-        live.on_change(self._on_change)
         self.context.observe(self.refresh, names=["study_uid"])
+        self._closed = False
+        live.on_change(self._on_change)
         self.refresh()
 
     def refresh(self, _change: Any = None) -> None:
@@ -103,26 +104,32 @@ class LiveTable(ipywidgets.VBox):
                 return
             frame = self.live.df
             diff = self.last_change
-            with self.hold_trait_notifications():
-                self.studies = int(frame[_ID].nunique()) if _ID in frame else len(frame)
-                self.rows = len(frame)
-                self.version = self.live.version
-            self.header.value = message(
-                f"{self.studies:,} studies · {self.rows:,} rows · listener {self.live.status}"
-                f" · {self.version} update(s)"
+            studies = int(frame[_ID].nunique()) if _ID in frame else len(frame)
+            version = self.live.version
+            header = message(
+                f"{studies:,} studies · {len(frame):,} rows · listener {self.live.status}"
+                f" · {version} update(s)"
             )
             if self.live.error is not None:
-                self.header.value += message(f"Last error: {self.live.error}", "error")
+                header += message(f"Last error: {self.live.error}", "error")
+            self.header.value = header
             self.body.value = self._table(frame, diff)
+            with self.hold_trait_notifications():  # last: observers see it all rendered
+                self.studies = studies
+                self.rows = len(frame)
+                self.version = version
 
     def close(self) -> None:
         """Stop rendering (the LiveFrame keeps running; close it yourself)."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
         self.context.unobserve(self.refresh, names=["study_uid"])
         for child in self.children:
             close_tree(child)
         super().close()
+        close_models(self)
 
     def _on_change(self, diff: FrameDiff) -> None:
         if self._closed:

@@ -27,7 +27,7 @@ from imagingkit.errors import ConfigError, ImagingKitError, InvalidInputError
 from imagingkit.widgets.frames import UID, StudyIndex, study_rows, text
 from imagingkit.widgets.markup import MISSING, message, table
 from imagingkit.widgets.thumbnails import ThumbnailStrip
-from imagingkit.widgets.tree import close_tree
+from imagingkit.widgets.tree import close_models, close_tree
 from imagingkit.widgets.viewer_buttons import ViewerButtons
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class StudyBrowser(ipywidgets.VBox):
 
     page = Int(0)
     highlighted = Unicode("")
+    _closed = True  # until the browser observes the context
 
     def __init__(
         self,
@@ -119,6 +120,7 @@ class StudyBrowser(ipywidgets.VBox):
         self.bridge = bridge
         self._lock = threading.RLock()
         self._quiet = False  # True while the browser sets the list itself
+        self._current = ""  # the highlighted study (the trait is set once it is shown)
         self._visible = self.index.studies.index
 
         layout = ipywidgets.Layout(width="auto")
@@ -167,6 +169,7 @@ class StudyBrowser(ipywidgets.VBox):
         self.next.on_click(lambda _button: self.go(self.page + 1))
         self.select_button.on_click(lambda _button: self.select())
         self.context.observe(self._on_context, names=["study_uid"])
+        self._closed = False
 
         super().__init__(
             children=[
@@ -219,9 +222,10 @@ class StudyBrowser(ipywidgets.VBox):
             position = self._position(uid)
             if position >= 0 and position // self.page_size != self.page:
                 self.page = int(position // self.page_size)
-            self.highlighted = uid
+            self._current = uid
+            self._render_study(uid)
             self._render_page()
-            self._render_study()
+            self.highlighted = uid  # last: observers see everything rendered
 
     def select(self) -> None:
         """Make the highlighted study the context's (``context.select_study``); when the
@@ -244,10 +248,14 @@ class StudyBrowser(ipywidgets.VBox):
 
     def close(self) -> None:
         """Stop observing the context and close every part of the browser."""
+        if self._closed:
+            return
+        self._closed = True
         self.context.unobserve(self._on_context, names=["study_uid"])
         for child in self.children:
             close_tree(child)  # the viewer links and thumbnails stop their own work
         super().close()
+        close_models(self)
 
     # -- reacting ---------------------------------------------------------------------------
 
@@ -269,7 +277,7 @@ class StudyBrowser(ipywidgets.VBox):
                     self._say(
                         f"Study {uid}, open in the context, is hidden by the filters", "warning"
                     )
-                if uid != self.highlighted:
+                if uid != self._current:
                     self.highlight(uid)
                     return
             self._render_page()  # the context mark moved
@@ -302,7 +310,7 @@ class StudyBrowser(ipywidgets.VBox):
         self._quiet = True
         try:
             self.studies.options = options
-            self.studies.value = self.highlighted if self.highlighted in shown.index else None
+            self.studies.value = self._current if self._current in shown.index else None
         finally:
             self._quiet = False
         total, everything = len(self._visible), len(self.index)
@@ -316,8 +324,7 @@ class StudyBrowser(ipywidgets.VBox):
         self.previous.disabled = self.page == 0
         self.next.disabled = self.page >= self.page_count - 1
 
-    def _render_study(self) -> None:
-        uid = self.highlighted
+    def _render_study(self, uid: str) -> None:
         rows = study_rows(self.frame, uid)
         first = rows.iloc[0]
         facts = [(label, first.get(column)) for label, column in _DETAILS if column in rows]

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 import ipywidgets
 from traitlets import Unicode
 
-from imagingkit.errors import ImagingKitError
+from imagingkit.errors import ConfigError, ImagingKitError
 from imagingkit.notify import callback_dispatcher
 from imagingkit.widgets.frames import text
 from imagingkit.widgets.markup import message, spinner
+from imagingkit.widgets.tree import close_models
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +57,7 @@ class ThumbnailStrip(ipywidgets.HTML):
 
     state = Unicode("empty")
     study_uid = Unicode("")
+    _executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __init__(self, *, size: int = 96, max_series: int = 6, cache_size: int = 32) -> None:
         super().__init__(value="")
@@ -84,6 +86,8 @@ class ThumbnailStrip(ipywidgets.HTML):
                 self._pending = None
                 self._set(*cached)
                 return
+            if self._executor is None:
+                raise ConfigError("this thumbnail strip is closed")
             self.fetches += 1
             self._set("loading", spinner("Loading thumbnails…"))
             future = self._executor.submit(self._fetch, rows)
@@ -113,9 +117,12 @@ class ThumbnailStrip(ipywidgets.HTML):
 
     def close(self) -> None:
         """Stop the worker and close the widget."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._deliver.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            self._deliver.stop()
         super().close()
+        close_models(self)
 
     # -- worker thread --------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from imagingkit.iid import ViewerRegistry, launch_link, load_viewers, viewer_url
 from imagingkit.iid.viewers import VIEWERS_ENV
 from imagingkit.widgets.frames import UID, dicomweb_base, study_rows, text
 from imagingkit.widgets.markup import message
+from imagingkit.widgets.tree import close_models
 
 __all__ = ["ViewerButtons", "default_viewers", "study_links"]
 
@@ -101,6 +102,7 @@ class ViewerButtons(ipywidgets.HTML):
     study_uid = Unicode("")
     links = Dict()
     errors = Dict()
+    _following = False
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class ViewerButtons(ipywidgets.HTML):
             self.context.unobserve(self._on_context, names=["study_uid"])
             self._following = False
         super().close()
+        close_models(self)
 
     def _on_context(self, change: dict[str, Any]) -> None:
         self._follow(change["new"])
