@@ -98,3 +98,28 @@ def test_context_sync_follows_a_pacs_and_drives_it(
         if "image/jpeg" in o.get("data", {})
     ]
     assert len(thumbnails) >= 3
+
+
+def test_widgets_browse_select_follow_and_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its own sandbox, as notebook 01: the notebook writes (and deletes) a study
+    data_dir = tmp_path / "data"
+    shutil.copytree(cached_sandbox_data_dir(), data_dir)
+    monkeypatch.delenv("IMAGINGKIT_SERVER_URL", raising=False)
+    monkeypatch.setenv("IMAGINGKIT_DATA_DIR", str(data_dir))
+    notebook = _execute("05-widgets.ipynb")
+    text = _outputs(notebook)
+    assert "FHIRcast: connected | in sync: True" in text
+    assert "thumbnails: ready" in text
+    assert "same study: True" in text  # the PACS followed the notebook's Select
+    assert "highlighted: True" in text and "context study: True" in text
+    assert "links for the context's study: True" in text
+    assert "last change: FrameDiff(added=(" in text
+    widgets = [
+        o
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert len(widgets) >= 6  # bar, browser, thumbnails, buttons, table (twice)
