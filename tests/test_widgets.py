@@ -11,6 +11,7 @@ so the tests wait (bounded) for them.
 
 from __future__ import annotations
 
+import ast
 import html
 import shutil
 import time
@@ -577,3 +578,57 @@ def test_live_table_updates_when_a_study_is_posted(tmp_path: Path) -> None:
             ctx.select_study(live.df[live.df["imaging_study_id"] == "s1"])
             assert "<td>●</td>" in table.body.value and ctx.study_uid == uid
             table.close()
+
+
+# --------------------------------------------------------------------------- in a kernel
+
+
+def test_in_a_kernel_updates_arrive_on_the_kernel_thread(
+    sandbox: RunningSandbox, series: pd.DataFrame, hub: BackgroundHub
+) -> None:
+    """Context follows and thumbnails are applied on the kernel's own thread (its loop)."""
+    pytest.importorskip("jupyter_client", reason="jupyter_client (with ipykernel)")
+    from kernels import run_cell, started_kernel
+
+    topic = f"kernel-{uuid.uuid4()}"
+    mr = series[series["Modality"] == "MR"].drop_duplicates("StudyInstanceUID").iloc[-1]
+    study = imaging_study(sandbox, mr["imaging_study_id"])
+    with started_kernel(startup_timeout=90) as (_manager, client):
+        run_cell(
+            client,
+            f"""
+import asyncio, threading, imagingkit
+from imagingkit.widgets import StudyBrowser
+ctx = imagingkit.context.current().bind({hub.url!r}, {topic!r})
+bridge = imagingkit.connect({sandbox.fhir_url!r})
+browser = StudyBrowser(bridge.cohort().studies(level="series", progress=False), page_size=5)
+seen = []
+main = threading.main_thread()
+def note(change):
+    seen.append((change["name"], change["new"], threading.current_thread() is main))
+browser.observe(note, names=["highlighted"])
+browser.thumbnails.observe(note, names=["state"])
+""",
+            timeout=120,
+        )
+        pacs = FhircastClient(hub.url, topic, subscriber_name="pacs", loop="thread")
+        try:
+            pacs.open_study(study)
+            out = run_cell(
+                client,
+                f"""
+for _ in range(600):  # bounded: 60 s; awaiting lets the kernel's loop deliver
+    if browser.highlighted == {mr["StudyInstanceUID"]!r} and browser.thumbnails.state != "loading":
+        break
+    await asyncio.sleep(0.1)
+print(seen)
+""",
+                timeout=120,
+            )
+        finally:
+            pacs.close()
+        run_cell(client, "browser.close(); ctx.unbind()", timeout=60)
+    seen = ast.literal_eval(out.strip())  # the (name, value, on_main_thread) tuples printed
+    assert ("highlighted", mr["StudyInstanceUID"], True) in seen
+    assert ("state", "ready", True) in seen
+    assert all(on_main for _name, _value, on_main in seen), seen

@@ -280,6 +280,8 @@ class StudyBrowser(ipywidgets.VBox):
                 if uid != self._current:
                     self.highlight(uid)
                     return
+            elif uid:
+                self._say(f"Study {uid}, open in the context, is not in this frame")
             self._render_page()  # the context mark moved
 
     def _position(self, uid: str) -> int:

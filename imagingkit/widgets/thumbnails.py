@@ -79,6 +79,8 @@ class ThumbnailStrip(ipywidgets.HTML):
         """Show the thumbnails of *study_uid*; ``rows()`` gives its series rows (called on
         the worker thread, so it may query FHIR) when they are not cached yet."""
         with self._lock:
+            if self._pending is not None and self.study_uid == study_uid:
+                return  # already on its way
             self.study_uid = study_uid
             cached = self._cache.get(study_uid)
             if cached is not None:
