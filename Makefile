@@ -32,11 +32,28 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.lab.stamp: pyproject.toml | $(BIN)/python
+# The JupyterLab extension (extension/), built when npm is here (Node.js >= 20) from its
+# lock file; the wheel carries the build (extension/hatch_build.py), so a rebuild redoes
+# the install below. Without Node.js the Python package installs and works without it.
+EXTENSION_SOURCES := $(wildcard extension/package.json extension/package-lock.json \
+	extension/tsconfig.json extension/src/*.ts extension/style/* extension/schema/*.json)
+
+$(VENV)/.extension.stamp: $(EXTENSION_SOURCES) | $(BIN)/python
+	if command -v npm >/dev/null; then
+		if [ ! extension/node_modules/.package-lock.json -nt extension/package-lock.json ]; then
+			npm ci --prefix extension --no-audit --no-fund --loglevel=error
+		fi
+		npm run --prefix extension --silent build
+	else
+		echo "npm not found: the JupyterLab extension is not built (apt-get install nodejs npm)"
+	fi
+	touch $@
+
+$(VENV)/.lab.stamp: pyproject.toml $(VENV)/.extension.stamp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[lab]'
 	touch $@
 
-$(VENV)/.test.stamp: pyproject.toml | $(BIN)/python
+$(VENV)/.test.stamp: pyproject.toml $(VENV)/.extension.stamp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
 	touch $@
 
