@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import html
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 import pytest
 import requests
 from servers import cached_sandbox_data_dir, free_port
+from test_context import wait_until
 
 import imagingkit
 from imagingkit.context import NotebookContext
@@ -39,14 +39,6 @@ from imagingkit.widgets.study_browser import CONTEXT_MARK
 WAIT = 30.0
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_ATTR = '"><img src=x onerror=alert(2)>'
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def assert_escaped(markup: str) -> None:
@@ -85,6 +77,14 @@ def series(bridge: imagingkit.Bridge) -> pd.DataFrame:
     return bridge.cohort().studies(level="series", progress=False)
 
 
+def imaging_study(sandbox: RunningSandbox, study_id: str) -> dict[str, Any]:
+    """The ImagingStudy as the FHIR store serves it, trimmed as a PACS would send it."""
+    answer = requests.get(f"{sandbox.fhir_url}/ImagingStudy/{study_id}", timeout=30)
+    answer.raise_for_status()
+    keep = ("resourceType", "id", "status", "subject", "identifier", "started", "description")
+    return {k: v for k, v in answer.json().items() if k in keep}
+
+
 @pytest.fixture
 def hub() -> Generator[BackgroundHub, None, None]:
     background = BackgroundHub()
@@ -101,14 +101,6 @@ def session(hub: BackgroundHub) -> Generator[tuple[NotebookContext, FhircastClie
     yield ctx, pacs
     pacs.close()
     ctx.unbind()
-
-
-def imaging_study(sandbox: RunningSandbox, study_id: str) -> dict[str, Any]:
-    """The ImagingStudy as the FHIR store serves it, trimmed as a PACS would send it."""
-    answer = requests.get(f"{sandbox.fhir_url}/ImagingStudy/{study_id}", timeout=30)
-    answer.raise_for_status()
-    keep = ("resourceType", "id", "status", "subject", "identifier", "started", "description")
-    return {k: v for k, v in answer.json().items() if k in keep}
 
 
 def study_open_of(uid: str) -> Callable[[Event], bool]:
@@ -565,7 +557,7 @@ def test_live_table_updates_when_a_study_is_posted(tmp_path: Path) -> None:
             )
             assert answer.status_code == 201, answer.text
             new_id = answer.json()["id"]
-            wait_until(lambda: table.studies == 2, "the posted study in the table")
+            wait_until(lambda: table.studies == 2, "the posted study in the table", timeout=WAIT)
             assert table.version == 1
             assert f"added {html.escape(new_id)}" in table.change.value
             body = table.body.value
