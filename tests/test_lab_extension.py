@@ -12,6 +12,7 @@ test plays "another application": it publishes ``Patient-open`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -141,11 +142,10 @@ class Lab:
         return answer.json()
 
 
-def _lab_env(tmp: Path, share: Path) -> dict[str, str]:
+def _lab_env(tmp: Path, share: Path, imagingkit: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINGKIT_", "JUPYTER"))}
     env.update(
         {
-            "IMAGINGKIT_SANDBOX": "1",
             "IMAGINGKIT_DATA_DIR": str(tmp / "imagingkit"),
             # the wheel's labextensions first; nothing of this account's own Jupyter set-up
             "JUPYTER_PATH": str(share),
@@ -155,16 +155,16 @@ def _lab_env(tmp: Path, share: Path) -> dict[str, str]:
             "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
             "PYTHONUNBUFFERED": "1",
+            **imagingkit,
         }
     )
     return env
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, labextensions: Path) -> Iterator[Lab]:
-    tmp = tmp_path_factory.mktemp("lab")
-    shutil.copytree(cached_sandbox_data_dir(), tmp / "imagingkit")  # generated already
-    env = _lab_env(tmp, labextensions)
+@contextlib.contextmanager
+def running_lab(tmp: Path, share: Path, imagingkit: dict[str, str], until: str) -> Iterator[Lab]:
+    """``jupyter lab`` with the *imagingkit* environment, once its status is *until*."""
+    env = _lab_env(tmp, share, imagingkit)
     port, token = free_port(), secrets.token_hex(16)
     command = [
         sys.executable,
@@ -197,17 +197,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory, labextensions: Path) -> Iterat
     server = Lab(process, f"http://127.0.0.1:{port}", token, log, env)
     try:
         deadline, state = time.monotonic() + START_TIMEOUT, "no answer"
-        while state != "ready":
+        while state != until:
             assert process.poll() is None, f"jupyter lab exited:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"not ready ({state}):\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"not {until} ({state}):\n{_tail(log)}"
             try:
                 state = server.get_json("imagingkit/")["status"]
             except (requests.RequestException, ValueError) as exc:
                 state = repr(exc)
+            if state != until:
                 time.sleep(0.5)
         yield server
     finally:
         _stop_process(process, signal.SIGTERM, 30)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, labextensions: Path) -> Iterator[Lab]:
+    """JupyterLab with the small sandbox embedded (a copy of the cached data)."""
+    tmp = tmp_path_factory.mktemp("lab")
+    shutil.copytree(cached_sandbox_data_dir(), tmp / "imagingkit")  # generated already
+    with running_lab(tmp, labextensions, {"IMAGINGKIT_SANDBOX": "1"}, "ready") as server:
+        yield server
 
 
 def test_labextension_list_shows_the_installed_extension_enabled(
@@ -251,17 +261,25 @@ def browser() -> Iterator[Any]:
             instance.close()
 
 
-@pytest.fixture
-def page(browser: Any, lab: Lab) -> Iterator[Any]:
+@contextlib.contextmanager
+def lab_tab(browser: Any, lab: Lab) -> Iterator[Any]:
     """JupyterLab, logged in with the token (which leaves Jupyter's login cookie)."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.add_init_script("window.__imagingkitXss = 0;")
-    tab = context.new_page()
-    tab.set_default_timeout(UI_TIMEOUT_MS)
-    tab.goto(lab.url(f"lab?token={lab.token}"))
-    tab.wait_for_selector('.lm-TabBar-tab[data-id="imagingkit-context"]')
-    yield tab
-    context.close()
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(UI_TIMEOUT_MS)
+        tab.goto(lab.url(f"lab?token={lab.token}"))
+        tab.wait_for_selector('.lm-TabBar-tab[data-id="imagingkit-context"]')
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any, lab: Lab) -> Iterator[Any]:
+    with lab_tab(browser, lab) as tab:
+        yield tab
 
 
 def _field(page: Any, name: str) -> Any:
@@ -364,3 +382,26 @@ def _expect_viewer(tab: Any, lab: Lab, uid: str) -> None:
     assert address.path == f"{BASE_URL}imagingkit/viewer/"
     assert parse_qs(address.query)["study"] == [uid]
     tab.close()
+
+
+def test_the_panel_says_why_imagingkit_could_not_start(
+    tmp_path: Path, labextensions: Path, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    missing = tmp_path / "no-such-folder"
+    with (
+        running_lab(
+            tmp_path, labextensions, {"IMAGINGKIT_DICOM_DIR": str(missing)}, "failed"
+        ) as lab,
+        lab_tab(browser, lab) as tab,
+    ):
+        tab.click('.lm-TabBar-tab[data-id="imagingkit-context"]')
+        server = tab.locator("#imagingkit-context .jp-ImagingkitContext-server")
+        expect(server).to_have_attribute("data-state", "failed")
+        expect(server).to_contain_text("imagingkit could not start")
+        expect(server).to_contain_text(str(missing))
+        # nothing to follow: the panel does not subscribe to a hub that is not there
+        connection = tab.locator("#imagingkit-context .jp-ImagingkitContext-connection")
+        expect(connection).to_have_attribute("data-state", "idle")
+        expect(connection).to_contain_text("when imagingkit is ready")
