@@ -1,8 +1,8 @@
 """What the widgets read from imagingkit DataFrames (DESIGN.md D6 columns).
 
 :class:`StudyIndex` turns a study- or series-level frame of ``cohort.studies()`` into one
-row per study with the values the browser filters on, computed once with vectorised
-pandas so that filtering and paging a large cohort never loops over its rows in Python.
+row per study with the values the browser filters on, computed once (one pass over the
+rows); filtering is then vectorised pandas, so a large cohort is never looped over again.
 """
 
 from __future__ import annotations
@@ -55,17 +55,21 @@ def study_rows(frame: pd.DataFrame, uid: str) -> pd.DataFrame:
     return rows
 
 
-def _joined(frame: pd.DataFrame, column: str, split: bool) -> pd.Series:
-    """Per study, the distinct values of *column* joined as ``\\A\\B\\`` (for token search)."""
-    pairs = frame[[UID, column]].dropna()
-    values = pairs[column].astype(str)
-    pairs = pd.DataFrame({UID: pairs[UID].to_numpy(), column: values.to_numpy()})
-    if split:
-        pairs[column] = values.str.split(_SEP, regex=False).to_numpy()
-        pairs = pairs.explode(column)
-    pairs = pairs[pairs[column].astype(bool)].drop_duplicates().sort_values([UID, column])
-    joined = pairs.groupby(UID, sort=False)[column].agg(_SEP.join)
-    return _SEP + joined + _SEP
+def _token_column(frame: pd.DataFrame, columns: list[str], index: pd.Index) -> pd.Series:
+    """Per study, the distinct values of *columns* as ``\\A\\B\\`` (``""`` for none).
+
+    Values are split on DICOM's backslash (``ModalitiesInStudy`` is ``CT\\SR``), so a
+    filter can match a whole token with one vectorised ``str.contains``.
+    """
+    found: dict[str, set[str]] = {}
+    for column in columns:
+        if column not in frame.columns:
+            continue
+        pairs = frame[[UID, column]].dropna()
+        for uid, value in zip(pairs[UID].astype(str), pairs[column].astype(str), strict=True):
+            found.setdefault(uid, set()).update(t for t in value.split(_SEP) if t)
+    joined = {uid: _SEP + _SEP.join(sorted(tokens)) + _SEP for uid, tokens in found.items()}
+    return pd.Series([joined.get(uid, "") for uid in index], index=index, dtype="string")
 
 
 class StudyIndex:
@@ -104,18 +108,8 @@ class StudyIndex:
         index = first.index.astype(str)
         studies = pd.DataFrame(index=index)
         studies["date"] = _dates(first)
-        mods = []
-        if "Modality" in usable.columns:
-            mods.append(_joined(usable, "Modality", split=False))
-        if "ModalitiesInStudy" in usable.columns:
-            mods.append(_joined(usable, "ModalitiesInStudy", split=True))
-        studies["modalities"] = _union(mods, index)
-        parts = (
-            [_joined(usable, "BodyPartExamined", split=False)]
-            if ("BodyPartExamined" in usable.columns)
-            else []
-        )
-        studies["body_parts"] = _union(parts, index)
+        studies["modalities"] = _token_column(usable, ["Modality", "ModalitiesInStudy"], index)
+        studies["body_parts"] = _token_column(usable, ["BodyPartExamined"], index)
         for name, column in (
             ("description", "StudyDescription"),
             ("patient", "PatientID"),
@@ -175,15 +169,6 @@ def _dates(first: pd.DataFrame) -> pd.Series:
         started = pd.to_datetime(first["study_started"], errors="coerce", utc=True)
         dates = dates.fillna(started.dt.tz_localize(None).dt.normalize())
     return pd.Series(dates.to_numpy(), index=first.index.astype(str))
-
-
-def _union(parts: list[pd.Series], index: pd.Index) -> pd.Series:
-    out = pd.Series("", index=index, dtype="string")
-    for part in parts:
-        out = out + part.reindex(index).fillna("")
-    # "\A\\B\" after concatenation → distinct tokens again
-    tokens = out.str.split(_SEP, regex=False).map(lambda values: sorted(set(values) - {""}))
-    return tokens.map(lambda values: _SEP + _SEP.join(values) + _SEP if values else "")
 
 
 def _tokens(column: pd.Series) -> list[str]:
