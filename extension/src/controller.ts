@@ -55,8 +55,9 @@ export class ContextController {
   /** Follow *topic* (unsubscribing from the previous one) once the server is ready. */
   async follow(topic: string): Promise<void> {
     topic = topic.trim();
-    if (!topic || (topic === this._topic && this._subscriber)) {
-      return;
+    const current = this._subscriber;
+    if (!topic || (topic === this._topic && current && current.state !== 'failed')) {
+      return; // already following it (a failed subscription is tried again)
     }
     this._topic = topic;
     const previous = this._subscriber;
@@ -101,7 +102,9 @@ export class ContextController {
       if (!this._disposed && this._status?.state !== 'ready') {
         this._statusChanged.emit({
           state: 'unknown',
-          detail: `imagingkit was not ready after ${(MAX_POLLS * POLL_SECONDS) / 60} minutes; reload to check again`,
+          detail:
+            `imagingkit was not ready after ${(MAX_POLLS * POLL_SECONDS) / 60} minutes; ` +
+            'reload the page to check again',
           version: '',
           mounts: []
         });

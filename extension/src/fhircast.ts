@@ -97,6 +97,10 @@ export function channelUrl(endpoint: string, pageProtocol: string): string {
   return endpoint;
 }
 
+function suffix(detail: string | undefined): string {
+  return detail ? `: ${detail}` : '';
+}
+
 /** Is *message* an event notification (§2.5), as opposed to a confirmation or denial? */
 export function isNotification(message: unknown): message is INotification {
   if (message === null || typeof message !== 'object') {
@@ -243,7 +247,7 @@ export class FhircastSubscriber {
         return;
       }
       this.onFailure(
-        new HubError(0, `the channel closed (code ${close.code}${close.reason ? `: ${close.reason}` : ''})`)
+        new HubError(0, `the channel closed (code ${close.code}${suffix(close.reason)})`)
       );
     };
   }
@@ -272,7 +276,7 @@ export class FhircastSubscriber {
     } else if (mode === 'denied') {
       const reason = typeof fields['hub.reason'] === 'string' ? fields['hub.reason'] : '';
       this._endpoint = '';
-      this.setState('denied', `the hub ended the subscription${reason ? `: ${reason}` : ''}`);
+      this.setState('denied', `the hub ended the subscription${suffix(reason)}`);
       // a lease that ran out or an unresponsive verdict is worth one more subscription
       this.scheduleRetry();
     }
@@ -295,7 +299,7 @@ export class FhircastSubscriber {
       return;
     }
     if (this._attempts >= MAX_RECONNECTS) {
-      this.setState('failed', `gave up after ${MAX_RECONNECTS} attempts${detail ? `: ${detail}` : ''}`);
+      this.setState('failed', `gave up after ${MAX_RECONNECTS} attempts${suffix(detail)}`);
       return;
     }
     const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** this._attempts);

@@ -105,7 +105,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
         settings.changed.connect(() => follow(current()));
         // the topic typed in the panel is saved, so it is followed again after a reload
         panel.topicRequested.connect((_, topic) => {
-          settings.set('topic', topic).catch(() => follow(topic));
+          follow(topic);
+          settings.set('topic', topic).catch(reason => {
+            console.warn('imagingkit: the topic could not be saved', reason);
+          });
         });
       })
       .catch(reason => {

@@ -22,6 +22,8 @@ export interface IServerStatus {
   mounts: string[];
 }
 
+const KNOWN_STATES = ['starting', 'ready', 'failed', 'stopping'];
+
 /** Seconds between polls while the server extension starts. */
 export const POLL_SECONDS = 2;
 /** Polls before the panel stops waiting (15 minutes: a cold default-size sandbox). */
@@ -51,7 +53,8 @@ export async function fetchStatus(settings: ServerConnection.ISettings): Promise
   const url = `${imagingkitUrl(settings)}/`;
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(url, { method: 'GET', cache: 'no-store' }, settings);
+    const init: RequestInit = { method: 'GET', cache: 'no-store' };
+    response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
     return {
       state: 'unknown',
@@ -79,7 +82,7 @@ export async function fetchStatus(settings: ServerConnection.ISettings): Promise
   const state = typeof body.status === 'string' ? body.status : '';
   const endpoints = body.endpoints && typeof body.endpoints === 'object' ? body.endpoints : {};
   const status: IServerStatus = {
-    state: (['starting', 'ready', 'failed', 'stopping'].includes(state) ? state : 'unknown') as ServerState,
+    state: (KNOWN_STATES.includes(state) ? state : 'unknown') as ServerState,
     detail: typeof body.detail === 'string' ? body.detail : '',
     version: typeof body.imagingkit === 'string' ? body.imagingkit : '',
     mounts: Object.keys(endpoints as object)
