@@ -493,7 +493,8 @@ class AsyncSubscriptionListener:
         if not self._receiver.running:
             self._receiver.start()
         path = f"Subscription/{self.subscription_id}"
-        if self._repoint:
+        repointed = self._repoint
+        if repointed:
             sub = await self._json("get", path)
             if not isinstance(sub, Mapping):
                 raise FHIRError(f"{path} could not be read to re-activate it")
@@ -512,8 +513,11 @@ class AsyncSubscriptionListener:
         self._trouble.clear()
         self._alive_since = time.monotonic()
         self._set_status("connected")
-        if self.mode == "criteria":
-            await self.requery("activated")
+        if self.mode == "criteria" or repointed:
+            # a server numbers no event while the Subscription is ``requested`` (and some,
+            # against errors.md, none while it is ``error``): changes made meanwhile are
+            # only found by searching; versions already delivered are not emitted again
+            await self.requery("re-activated" if repointed else "activated")
 
     async def _await_handshake(self) -> None:
         try:
@@ -554,11 +558,18 @@ class AsyncSubscriptionListener:
     def _on_refused(self) -> None:
         self.stats.refused += 1
 
+    def _rest_silence_budget(self) -> float | None:
+        """Silence tolerated on a rest-hook: one heartbeat period more than on a socket
+        (servers queue, pool and retry their POSTs, and tick their heartbeats coarsely)."""
+        budget = self.tracker.silence_budget()
+        period = self.tracker.heartbeat_period
+        return None if budget is None or not period else budget + period
+
     async def _watch_resthook(self) -> None:
         """While listening on a rest-hook: re-activate on a reported ``error`` or after
         heartbeat silence (``$status`` first, which may reveal missed events)."""
         while not self._closing:
-            budget = self.tracker.silence_budget()
+            budget = self._rest_silence_budget()
             last = max(self.tracker.last_message or 0.0, self._alive_since)
             wait = None if budget is None else max(0.05, last + budget - time.monotonic())
             try:
@@ -815,8 +826,8 @@ class AsyncSubscriptionListener:
             key = event.focus_key
             if resource is None and self.fetch and key:
                 resource = await self._fetch(key)
-            if resource is not None:
-                self._remember(resource)
+            if resource is not None and not self._remember(resource) and source == "events":
+                continue  # a replayed version a re-query already delivered
             self._emit(
                 Change(
                     self.subscription_id or "",

@@ -196,21 +196,25 @@ def test_events_missed_while_the_receiver_was_down_come_back_through_events(
 
             s2 = listener.wait_for("ImagingStudy/s2", timeout=40)
             s3 = listener.wait_for("ImagingStudy/s3", timeout=40)
-            assert (s2.source, s2.number, s3.source, s3.number) == ("events", 2, "events", 3)
+            # replayed by $events, or found by the re-query that follows a re-activation
+            # (whichever comes first; the other does not deliver them again)
+            assert {s2.source, s3.source} <= {"events", "requery"}
             assert s2.resource is not None and s2.resource["id"] == "s2"
             wait_until(
                 lambda: _subscription(base, listener.subscription_id)["status"] == "active",
                 timeout=40,
                 what="the listener to re-activate the Subscription",
             )
-            assert listener.stats.reactivations >= 1 and listener.stats.recoveries >= 1
-            assert listener.tracker.contiguous == 3
+            assert listener.stats.reactivations >= 1
+            # the count in the handshake (or an error heartbeat) revealed events 2-3: $events
+            wait_until(lambda: listener.tracker.contiguous == 3, timeout=30, what="events 2-3")
+            assert listener.stats.gaps_detected >= 1 and listener.stats.recoveries >= 1
 
             put(base, study("s4", "p1"))
             s4 = listener.wait_for("ImagingStudy/s4", timeout=40)
             assert (s4.source, s4.number) == ("notification", 4)
-            numbers = [c.number for c in listener.changes()]
-            assert numbers == [1, 2, 3, 4]  # each event once, in order
+            focuses = [c.focus for c in listener.changes()]
+            assert sorted(focuses) == [f"ImagingStudy/s{i}" for i in (1, 2, 3, 4)]  # once each
 
 
 def test_an_adopted_subscription_is_repointed_and_catches_up(tmp_path: Path) -> None:
@@ -231,9 +235,13 @@ def test_an_adopted_subscription_is_repointed_and_catches_up(tmp_path: Path) -> 
             assert sub["status"] == "active"
             assert sub["channel"]["endpoint"] != old_endpoint
             s2 = second.wait_for("ImagingStudy/s2", timeout=40)
-            assert (s2.source, s2.number) == ("events", 2)
+            assert s2.source in ("events", "requery") and s2.resource is not None
+            wait_until(lambda: second.tracker.contiguous == 2, timeout=30, what="event 2")
+            assert second.stats.recoveries == 1  # the handshake's count revealed event 2
             put(base, study("s3", "p1"))
             assert second.wait_for("ImagingStudy/s3", timeout=40).number == 3
+            focuses = [c.focus for c in second.changes()]
+            assert focuses == ["ImagingStudy/s2", "ImagingStudy/s3"]  # s1 was seen before
         assert _subscription(base, sub_id)["status"] in ("active", "error")  # kept
 
 
