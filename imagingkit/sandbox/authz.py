@@ -8,6 +8,11 @@ token stands for a :class:`Grant`:
     SMART v2 resource scopes (SMART App Launch 2.2 §3.1) — ``system/*.rs``,
     ``patient/ImagingStudy.rs``, ``system/*.cruds`` … (v1 ``.read``/``.write``/``.*`` are
     read as ``rs``/``cud``/``cruds``). ``c r u d s`` = create, read, update, delete, search.
+``fhircast``
+    FHIRcast scopes ``fhircast/{Event}.read|write|*`` (FHIRcast 3.0.0 ``2-2``): what the
+    token may subscribe to (``read``) and publish (``write``) on the sandbox's hub. They
+    are not resource scopes: the FHIR and DICOMweb stores ignore them, and a token with
+    only FHIRcast scopes reads nothing there.
 ``patients``
     ``None`` for a client pre-authorised for every patient; otherwise the ids of the
     Patients it may see. Such a *restricted* grant only ever reads and searches.
@@ -72,12 +77,14 @@ __all__ = [
     "COMPARTMENT_TYPES",
     "PUBLIC_TYPES",
     "REALM",
+    "FhircastScope",
     "Grant",
     "RequestAccess",
     "Scope",
     "TokenStore",
     "forbidden",
     "insufficient_scope",
+    "parse_fhircast_scopes",
     "parse_scopes",
     "qido_filters",
     "scope_fhir_search",
@@ -97,6 +104,10 @@ _PATIENT_LINKS = frozenset({"patient", "subject"})
 _PERMISSIONS = "cruds"
 _V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE_RE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.([a-z*]+)$")
+#: ``fhircast/{event-name|*}.{read|write|*}`` (FHIRcast 3.0.0 ``2-2``); the last dot
+#: separates the mode (proprietary event names contain dots)
+_FHIRCAST_RE = re.compile(r"^fhircast/(\S+)\.(read|write|\*)$", re.IGNORECASE)
+_FHIRCAST_MODES = ("read", "write")
 _FHIR_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 #: the ``WWW-Authenticate`` challenge of both stores (RFC 6750 §3)
 REALM = 'Bearer realm="imagingkit"'
@@ -137,22 +148,78 @@ class Scope:
         return f"{self.context}/{self.resource_type}.{letters}"
 
 
+@dataclass(frozen=True)
+class FhircastScope:
+    """One FHIRcast scope ``fhircast/{Event}.{mode}`` (FHIRcast 3.0.0 ``2-2``).
+
+    ``read`` lets a token subscribe to (receive) the event, ``write`` lets it request
+    that context change; ``*`` stands for both. Event names compare case-insensitively,
+    as the hub compares them.
+
+    Attributes
+    ----------
+    event : str
+        An event name (``Patient-open``, ``org.example.custom``) or ``"*"``.
+    modes : frozenset of str
+        ``{"read"}``, ``{"write"}`` or both.
+    """
+
+    event: str
+    modes: frozenset[str]
+
+    def covers(self, other: FhircastScope) -> bool:
+        """Whether this scope grants everything *other* asks for."""
+        same_event = self.event == "*" or self.event.lower() == other.event.lower()
+        return same_event and other.modes <= self.modes
+
+    def split(self) -> tuple[FhircastScope, ...]:
+        """One scope per mode (``fhircast/*.*`` is ``fhircast/*.read`` and ``….write``)."""
+        return tuple(FhircastScope(self.event, frozenset({m})) for m in sorted(self.modes))
+
+    def __str__(self) -> str:
+        mode = "*" if len(self.modes) == 2 else next(iter(self.modes))
+        return f"fhircast/{self.event}.{mode}"
+
+
+def _fhircast_scope(word: str) -> FhircastScope:
+    from imagingkit.fhircast.protocol import event_grammar_ok
+
+    match = _FHIRCAST_RE.match(word)
+    if match is None:
+        raise InvalidInputError(f"scope {word!r} is not fhircast/Event.read|write|*")
+    event, mode = match.group(1), match.group(2).lower()
+    if event != "*" and not event_grammar_ok(event):
+        raise InvalidInputError(f"scope {word!r}: {event!r} is not a FHIRcast event name")
+    modes = frozenset(_FHIRCAST_MODES if mode == "*" else (mode,))
+    return FhircastScope(event, modes)
+
+
+def _is_fhircast(word: str) -> bool:
+    return word[:9].lower() == "fhircast/"
+
+
 def parse_scopes(text: str) -> tuple[list[Scope], list[str]]:
     """Split a space-separated scope string into resource scopes and other scopes.
 
     Non-resource scopes (``openid``, ``launch/patient``, ``offline_access`` …) come back
-    in the second list untouched, for the caller to ignore.
+    in the second list untouched, for the caller to ignore; FHIRcast scopes are checked
+    and come back there too (read them with :func:`parse_fhircast_scopes`).
 
     Raises
     ------
     InvalidInputError
         For a resource scope this server does not understand (unknown permission
-        letters, repeated letters, or SMART 2.2 ``?param=value`` constraints).
+        letters, repeated letters, or SMART 2.2 ``?param=value`` constraints), or a
+        malformed FHIRcast scope.
     """
     scopes: list[Scope] = []
     others: list[str] = []
     for word in text.split():
         if "/" not in word or word.startswith("launch"):
+            others.append(word)
+            continue
+        if _is_fhircast(word):
+            _fhircast_scope(word)
             others.append(word)
             continue
         if "?" in word:
@@ -166,6 +233,18 @@ def parse_scopes(text: str) -> tuple[list[Scope], list[str]]:
             raise InvalidInputError(f"scope {word!r}: permissions must be letters of 'cruds'")
         scopes.append(Scope(context, rtype, frozenset(letters)))
     return scopes, others
+
+
+def parse_fhircast_scopes(text: str) -> list[FhircastScope]:
+    """The FHIRcast scopes of a space-separated scope string (FHIRcast 3.0.0 ``2-2``).
+
+    Raises
+    ------
+    InvalidInputError
+        For a ``fhircast/…`` word outside the grammar
+        ``fhircast/(event-name|*).(read|write|*)``.
+    """
+    return [_fhircast_scope(word) for word in text.split() if _is_fhircast(word)]
 
 
 # --------------------------------------------------------------------------- grants
@@ -185,6 +264,8 @@ class Grant:
         The ``patient`` context returned with the token (one pre-authorised patient).
     expires_at : float
         Epoch seconds.
+    fhircast : tuple of FhircastScope
+        What the token may do on the FHIRcast hub.
     """
 
     client_id: str
@@ -192,6 +273,7 @@ class Grant:
     patients: frozenset[str] | None
     patient: str | None = None
     expires_at: float = 0.0
+    fhircast: tuple[FhircastScope, ...] = ()
 
     @property
     def restricted(self) -> bool:
@@ -206,8 +288,8 @@ class Grant:
 
     @property
     def scope_text(self) -> str:
-        """The granted scopes as a space-separated string."""
-        return " ".join(str(s) for s in self.scopes)
+        """The granted scopes (resource, then FHIRcast) as a space-separated string."""
+        return " ".join([*(str(s) for s in self.scopes), *(str(s) for s in self.fhircast)])
 
 
 class TokenStore:

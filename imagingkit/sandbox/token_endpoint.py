@@ -35,6 +35,21 @@ together. Without a file, ``--auth`` generates a registry and the clients' priva
 ``DATA_DIR/auth/<store>/`` (see :meth:`AuthServer.for_sandbox`). Issued tokens are opaque,
 live :attr:`AuthServer.token_lifetime` seconds (300 by default) and are what the guards of
 :mod:`imagingkit.sandbox.authz` check.
+
+**FHIRcast.** ``scope`` may also hold FHIRcast scopes (FHIRcast 3.0.0 ``2-2``,
+``fhircast/Patient-open.read``, ``fhircast/*.write``, ``fhircast/*.*``), and a client may
+ask for them with or without resource scopes (``system/*.rs fhircast/*.read``). The
+served hub (:class:`~imagingkit.fhircast.hub.FhircastHub`) then checks its bearer tokens
+against the same :class:`~imagingkit.sandbox.authz.TokenStore`: subscribing needs the
+``read`` scope of each event (events without it are not granted; none: 403), publishing
+the ``write`` scope of the event, and the lease never outlives the token (``2-4``). The
+token response names the hub as ``hub.url`` (``2-1``; there is no ``hub.topic``: a
+backend client has no user session, the applications agree on topics themselves).
+
+FHIRcast scopes are **never granted to a client limited to some patients**: FHIRcast has
+no patient-scoped scopes, and a hub cannot screen a session's context by patient (a
+``Patient-open`` carries whichever patient the user opened). Such a registry entry is
+refused, and so is such a token request (``invalid_scope``).
 """
 
 from __future__ import annotations
@@ -51,7 +66,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from imagingkit.errors import AuthError, InvalidInputError, SandboxError
-from imagingkit.sandbox.authz import Grant, Scope, TokenStore, parse_scopes, valid_patient_id
+from imagingkit.fhircast.auth import TokenInfo
+from imagingkit.sandbox.authz import (
+    FhircastScope,
+    Grant,
+    Scope,
+    TokenStore,
+    parse_fhircast_scopes,
+    parse_scopes,
+    valid_patient_id,
+)
 from imagingkit.sandbox.guards import protect
 from imagingkit.server.app import Component, RouteList
 from imagingkit.server.base import BaseHandler
@@ -66,9 +90,10 @@ from imagingkit.smart import (
 )
 
 if TYPE_CHECKING:
+    from imagingkit.fhircast.hub import FhircastHub
     from imagingkit.sandbox.fhir.store import FhirStore
 
-__all__ = ["AuthServer", "ClientRegistry", "RegisteredClient", "TokenIssuer"]
+__all__ = ["AuthServer", "ClientRegistry", "FhircastTokens", "RegisteredClient", "TokenIssuer"]
 
 log = logging.getLogger("imagingkit.sandbox.auth")
 
@@ -93,12 +118,15 @@ class RegisteredClient:
         The most it may be granted.
     patients : frozenset of str or None
         The Patients it is pre-authorised for (``None``: all).
+    fhircast : tuple of FhircastScope
+        The most it may be granted on the FHIRcast hub (only without a patient list).
     """
 
     client_id: str
     jwks: tuple[Mapping[str, Any], ...]
     scopes: tuple[Scope, ...]
     patients: frozenset[str] | None
+    fhircast: tuple[FhircastScope, ...] = ()
 
     @classmethod
     def from_json(cls, item: Any, where: str) -> RegisteredClient:
@@ -122,12 +150,16 @@ class RegisteredClient:
                 raise SandboxError(
                     f"{where} ({client_id}): jwks must hold public keys only (found a private key)"
                 )
+        scope_text = str(item.get("scope", ""))
         try:
-            scopes, _ = parse_scopes(str(item.get("scope", "")))
+            scopes, _ = parse_scopes(scope_text)
+            fhircast = parse_fhircast_scopes(scope_text)
         except InvalidInputError as exc:
             raise SandboxError(f"{where} ({client_id}): {exc}") from None
-        if not scopes:
-            raise SandboxError(f"{where} ({client_id}): scope names no resource scope")
+        if not scopes and not fhircast:
+            raise SandboxError(
+                f"{where} ({client_id}): scope names no resource scope (nor a FHIRcast scope)"
+            )
         raw_patients = item.get("patients")
         patients: frozenset[str] | None
         if raw_patients == "*":
@@ -143,18 +175,29 @@ class RegisteredClient:
                     f"{where} ({client_id}): {writes[0]} — a client limited to some patients "
                     "may only read and search (use r and s)"
                 )
+            if fhircast:
+                raise SandboxError(
+                    f"{where} ({client_id}): {fhircast[0]} — a client limited to some "
+                    "patients gets no FHIRcast scope (a hub cannot screen context by patient)"
+                )
         else:
             raise SandboxError(
                 f'{where} ({client_id}): patients must be "*" or a non-empty list of Patient ids'
             )
-        return cls(client_id, tuple(dict(k) for k in keys), tuple(scopes), patients)
+        keys_ = tuple(dict(k) for k in keys)
+        return cls(client_id, keys_, tuple(scopes), patients, tuple(fhircast))
+
+    @property
+    def scope_text(self) -> str:
+        """Every scope it may be granted, space-separated (resource, then FHIRcast)."""
+        return " ".join([*(str(s) for s in self.scopes), *(str(s) for s in self.fhircast)])
 
     def to_json(self) -> dict[str, Any]:
         """The registry entry of this client."""
         return {
             "client_id": self.client_id,
             "patients": "*" if self.patients is None else sorted(self.patients),
-            "scope": " ".join(str(s) for s in self.scopes),
+            "scope": self.scope_text,
             "jwks": {"keys": [dict(k) for k in self.jwks]},
         }
 
@@ -218,15 +261,18 @@ def _write_private(path: Path, data: bytes) -> None:
 def generate_registry(folder: Path, patient_ids: Sequence[str]) -> ClientRegistry:
     """Create a demonstration registry and its clients' private keys in *folder*.
 
-    Clients: ``imagingkit-system`` (every patient, ``system/*.cruds``) and, for each of
-    *patient_ids*, ``imagingkit-patient-<n>`` (that patient only, ``patient/*.rs`` and
-    ``system/*.rs``). Each private key is ``<client_id>.pem`` (mode 0600, ES384); the
-    registry is ``clients.json``.
+    Clients: ``imagingkit-system`` (every patient, ``system/*.cruds``, and on the
+    FHIRcast hub ``fhircast/*.read fhircast/*.write``: it may follow and drive any
+    session) and, for each of *patient_ids*, ``imagingkit-patient-<n>`` (that patient
+    only, ``patient/*.rs`` and ``system/*.rs``; no FHIRcast scope, see the module
+    docstring). Each private key is ``<client_id>.pem`` (mode 0600, ES384); the registry
+    is ``clients.json``. A registry generated before FHIRcast scopes existed is reused
+    as it is: delete the folder to get the new one.
     """
     folder.mkdir(parents=True, exist_ok=True)
     clients = []
     plan: list[tuple[str, frozenset[str] | None, str]] = [
-        ("imagingkit-system", None, "system/*.cruds")
+        ("imagingkit-system", None, "system/*.cruds fhircast/*.read fhircast/*.write")
     ]
     plan += [
         (f"imagingkit-patient-{n}", frozenset({pid}), "patient/*.rs system/*.rs")
@@ -236,7 +282,9 @@ def generate_registry(folder: Path, patient_ids: Sequence[str]) -> ClientRegistr
         pem = generate_private_key("ES384")
         _write_private(folder / f"{client_id}.pem", pem)
         scopes, _ = parse_scopes(scope)
-        clients.append(RegisteredClient(client_id, (public_jwk(pem),), tuple(scopes), patients))
+        fhircast = tuple(parse_fhircast_scopes(scope))
+        jwks = (public_jwk(pem),)
+        clients.append(RegisteredClient(client_id, jwks, tuple(scopes), patients, fhircast))
     registry = ClientRegistry(clients)
     tmp = folder / "clients.json.tmp"
     tmp.write_text(json.dumps(registry.to_json(), indent=2), encoding="utf-8")
@@ -284,14 +332,26 @@ class TokenIssuer:
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def token_response(self, form: Mapping[str, str], token_url: str) -> dict[str, Any]:
+    def token_response(
+        self, form: Mapping[str, str], token_url: str, *, hub_url: str | None = None
+    ) -> dict[str, Any]:
         """Answer a token request (its form fields) made at *token_url*.
+
+        Parameters
+        ----------
+        form : mapping
+        token_url : str
+            The token endpoint's URL as the client reached it (the assertion's ``aud``).
+        hub_url : str, optional
+            The FHIRcast hub checking these tokens, named in a response that grants
+            FHIRcast scopes (FHIRcast 3.0.0 ``2-1`` ``hub.url``).
 
         Returns
         -------
         dict
             The RFC 6749 §5.1 response: ``access_token``, ``token_type``, ``expires_in``,
-            ``scope`` and, for a patient context, ``patient``.
+            ``scope``, for a patient context ``patient``, and ``hub.url`` with FHIRcast
+            scopes.
 
         Raises
         ------
@@ -322,6 +382,8 @@ class TokenIssuer:
         }
         if grant.patient is not None:
             response["patient"] = grant.patient
+        if grant.fhircast and hub_url is not None:
+            response["hub.url"] = hub_url
         return response
 
     def _authenticate(
@@ -371,10 +433,14 @@ class TokenIssuer:
     def _grant(self, client: RegisteredClient, scope_text: str) -> Grant:
         try:
             requested, _ = parse_scopes(scope_text)
+            casting = [piece for s in parse_fhircast_scopes(scope_text) for piece in s.split()]
         except InvalidInputError as exc:
             raise _Refusal("invalid_scope", exc.message) from None
-        if not requested:
-            raise _Refusal("invalid_scope", "scope names no resource scope (e.g. system/*.rs)")
+        if not requested and not casting:
+            raise _Refusal(
+                "invalid_scope",
+                "scope names no resource scope (e.g. system/*.rs) nor a FHIRcast scope",
+            )
         contexts = {s.context for s in requested}
         if len(contexts) > 1:
             raise _Refusal(
@@ -382,14 +448,23 @@ class TokenIssuer:
             )
         if "user" in contexts:
             raise _Refusal("invalid_scope", "user/ scopes need a user; backend clients have none")
+        if casting and client.patients is not None:
+            raise _Refusal(
+                "invalid_scope",
+                "FHIRcast scopes are not granted to clients limited to some patients "
+                "(a FHIRcast session's context is not limited to a patient)",
+            )
         granted = tuple(s for s in requested if any(r.covers(s) for r in client.scopes))
-        if not granted:
+        granted_casting = tuple(
+            dict.fromkeys(s for s in casting if any(r.covers(s) for r in client.fhircast))
+        )
+        if not granted and not granted_casting:
             raise _Refusal(
                 "invalid_scope",
                 f"client {client.client_id} may not be granted {scope_text.strip()!r}",
             )
         patient = None
-        if "patient" in contexts:
+        if "patient" in contexts and granted:
             if client.patients is None or len(client.patients) != 1:
                 raise _Refusal(
                     "invalid_scope",
@@ -402,7 +477,39 @@ class TokenIssuer:
             patients=client.patients,
             patient=patient,
             expires_at=self.clock() + self.token_lifetime,
+            fhircast=granted_casting,
         )
+
+
+class FhircastTokens:
+    """The FHIRcast hub's token validator under ``--auth``: the token endpoint's grants.
+
+    A :data:`~imagingkit.fhircast.auth.TokenValidator` reading the same
+    :class:`~imagingkit.sandbox.authz.TokenStore` as the FHIR and DICOMweb guards. A
+    known token stands for its FHIRcast scopes (FHIRcast 3.0.0 ``2-2``; none for a token
+    granted only resource scopes, which the hub then refuses with 403) and its expiry,
+    which caps the lease (``2-4``); unknown or expired tokens are ``None`` (401).
+
+    Parameters
+    ----------
+    tokens : TokenStore
+    """
+
+    def __init__(self, tokens: TokenStore) -> None:
+        self.tokens = tokens
+
+    def __call__(self, token: str) -> TokenInfo | None:
+        grant = self.tokens.lookup(token)
+        if grant is None:
+            return None
+        return TokenInfo(
+            frozenset(str(s) for s in grant.fhircast),
+            expires_at=grant.expires_at,
+            subject=grant.client_id,
+        )
+
+    def __repr__(self) -> str:
+        return f"FhircastTokens({self.tokens!r})"
 
 
 # --------------------------------------------------------------------------- handlers
@@ -411,8 +518,9 @@ class TokenIssuer:
 class _TokenHandler(BaseHandler):
     cors_methods = "POST, OPTIONS"
 
-    def initialize(self, issuer: TokenIssuer) -> None:
+    def initialize(self, issuer: TokenIssuer, hub_path: str | None) -> None:
         self.issuer = issuer
+        self.hub_path = hub_path
 
     def post(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -432,8 +540,9 @@ class _TokenHandler(BaseHandler):
                 if name in form:  # RFC 6749 §3.2: parameters MUST NOT repeat
                     raise _Refusal("invalid_request", f"parameter {name!r} is repeated")
                 form[name] = value
-            url = f"{self.request.protocol}://{self.request.host}{self.request.path}"
-            answer = self.issuer.token_response(form, url)
+            origin = f"{self.request.protocol}://{self.request.host}"
+            hub_url = None if self.hub_path is None else origin + self.hub_path
+            answer = self.issuer.token_response(form, origin + self.request.path, hub_url=hub_url)
         except _Refusal as refusal:
             log.info("token request refused: %s (%s)", refusal.error, refusal.description)
             self.set_status(400)
@@ -506,6 +615,8 @@ class AuthServer:
         self.token_lifetime = float(token_lifetime)
         self.issuer = TokenIssuer(registry, self.tokens, token_lifetime=token_lifetime)
         self.fhir_mount = fhir_mount
+        #: the FHIRcast hub :meth:`protect` gave this server's tokens to, if any
+        self.hub: FhircastHub | None = None
 
     @classmethod
     def for_sandbox(
@@ -547,10 +658,11 @@ class AuthServer:
         prefix = prefix.rstrip("/")
         base = prefix[: -len(self.mount)] if prefix.endswith(self.mount) else prefix + "/"
         fhir_prefix = f"{base}{self.fhir_mount}"
-        scopes = sorted({str(s) for client in self.registry for s in client.scopes})
+        scopes = sorted({s for client in self.registry for s in client.scope_text.split()})
         discovery = {"auth_prefix": prefix, "fhir_prefix": fhir_prefix, "scopes": scopes}
+        hub_path = None if self.hub is None else f"{base}{self.hub.mount}"
         return [
-            (rf"{prefix}/token", _TokenHandler, {"issuer": self.issuer}),
+            (rf"{prefix}/token", _TokenHandler, {"issuer": self.issuer, "hub_path": hub_path}),
             (rf"{prefix}/?", _SmartConfigurationHandler, discovery),
             (
                 rf"{fhir_prefix}/\.well-known/smart-configuration",
@@ -563,8 +675,16 @@ class AuthServer:
         """This server first, then *components* with their FHIR and DICOMweb stores guarded.
 
         (First: tornado takes the first matching route, and the FHIR store answers every
-        other path below ``/fhir``.)
+        other path below ``/fhir``.) A :class:`~imagingkit.fhircast.hub.FhircastHub`
+        among them without a token validator gets :class:`FhircastTokens` of this
+        server, so it answers only to this server's tokens with FHIRcast scopes.
         """
+        from imagingkit.fhircast.hub import FhircastHub
+
+        for component in components:
+            if isinstance(component, FhircastHub) and component.token_validator is None:
+                component.token_validator = FhircastTokens(self.tokens)
+                self.hub = component
         return [self, *protect(components, self.tokens)]
 
     def __repr__(self) -> str:

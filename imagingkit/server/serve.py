@@ -57,8 +57,10 @@ def build_components(
     auth : bool or Path
         ``True`` or a client registry file: serve a SMART Backend Services token endpoint
         at ``/auth/`` and make the FHIR and DICOMweb stores answer only to its tokens,
-        each limited to its patients (:mod:`imagingkit.sandbox.token_endpoint`). With
-        ``True`` the clients and their keys are generated in ``DATA_DIR/auth/<store>/``.
+        each limited to its patients (:mod:`imagingkit.sandbox.token_endpoint`); the
+        FHIRcast hub then checks the same tokens' ``fhircast/{Event}.read|write`` scopes
+        (FHIRcast 3.0.0 ``2-2``) and caps leases at their expiry. With ``True`` the
+        clients and their keys are generated in ``DATA_DIR/auth/<store>/``.
 
     Returns
     -------
@@ -94,7 +96,7 @@ def build_components(
     store.on_stored.append(lambda uids: sync_imaging_from_index(fhir, store.index, study_uids=uids))
     iid = IidFacade(timeout=settings.timeout, ohif=ohif_app is not None)
     components: list[Component] = [store, fhir, iid, BuiltinViewer(), FhircastHub()]
-    if auth:
+    if auth:  # guards the stores and gives the hub this server's tokens
         folder = Path(settings.data_dir) / "auth" / fhir_name
         components = AuthServer.for_sandbox(folder, fhir, registry=clients).protect(components)
     if ohif_app is not None:  # last: it answers file paths at the root
