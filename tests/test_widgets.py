@@ -571,6 +571,23 @@ def test_live_table_updates_when_a_study_is_posted(tmp_path: Path) -> None:
             assert "<td>●</td>" in table.body.value and ctx.study_uid == uid
             table.close()
 
+            # a closed table unregisters itself (LiveFrame.off_change): only live callbacks run
+            seen: list[object] = []
+            dropped: list[object] = []
+            live.on_change(seen.append)
+            live.on_change(dropped.append)
+            live.off_change(dropped.append)
+            again = requests.post(
+                f"{base}/ImagingStudy",
+                json={k: v for k, v in ct_study("ignored", "CT again").items() if k != "id"},
+                headers={"Content-Type": "application/fhir+json"},
+                timeout=30,
+            )
+            assert again.status_code == 201, again.text
+            wait_until(lambda: len(seen) == 1, "the frame's next change", timeout=WAIT)
+            assert dropped == [] and table.version == 1 and table.studies == 2
+            assert live.version == 2 and len(set(live.df["imaging_study_id"])) == 3
+
 
 # --------------------------------------------------------------------------- in a kernel
 

@@ -195,6 +195,12 @@ class LiveFrame:
             self._callbacks.append(callback)
         return callback
 
+    def off_change(self, callback: Callable[[FrameDiff], Any]) -> None:
+        """Stop calling *callback* (registered with :meth:`on_change`); unknown ones are ignored."""
+        with self._cond:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
     def wait_for(
         self,
         condition: Callable[[pd.DataFrame], bool] | int,

@@ -126,6 +126,7 @@ class LiveTable(ipywidgets.VBox):
                 return
             self._closed = True
         self.context.unobserve(self.refresh, names=["study_uid"])
+        self.live.off_change(self._on_change)
         for child in self.children:
             close_tree(child)
         super().close()
