@@ -1,10 +1,10 @@
 # The README's two commands:
-#   make demo   create .venv, install, serve the sandbox and open JupyterLab on notebooks/
+#   make demo   create .venv, install, open JupyterLab on notebooks/ with the sandbox inside
 #   make test   create .venv, install the test tools, lint, type-check and run every test
 #
 # Both are idempotent: the installs are recorded in stamp files inside .venv and redone
 # only when pyproject.toml changes. Variables: PYTHON (interpreter creating .venv),
-# PORT (sandbox server, default 8042), LAB_PORT (JupyterLab, default 8888),
+# PORT (JupyterLab, default 8888; LAB_PORT is the older name),
 # SIZE (sandbox size, default "default"), PYTEST_ARGS (extra pytest arguments).
 
 SHELL := bash
@@ -15,18 +15,17 @@ SHELL := bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PORT ?= 8042
-LAB_PORT ?= 8888
+PORT ?= 8888
+LAB_PORT ?= $(PORT)
 SIZE ?= default
 PYTEST_ARGS ?=
-DEMO_LOG := .cache/demo/serve.log
 # Jupyter refuses to run as root unless told (containers, CI machines)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help demo test
 
 help:
-	@echo "make demo   serve the imaging sandbox on http://127.0.0.1:$(PORT)/ and open JupyterLab"
+	@echo "make demo   JupyterLab on http://127.0.0.1:$(LAB_PORT)/ serving the imaging sandbox"
 	@echo "make test   lint, type-check and run the whole test suite"
 
 $(BIN)/python:
@@ -57,25 +56,14 @@ $(VENV)/.test.stamp: pyproject.toml $(VENV)/.extension.stamp | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
 	touch $@
 
+# One server: JupyterLab, whose imagingkit extension serves the sandbox at /imagingkit/
+# (fhir/, dicom-web/, fhircast/, iid/, viewer/) behind Jupyter's token; the notebooks
+# (imagingkit.sandbox.running.find_or_start) and the JupyterLab panel both use it.
 demo: $(VENV)/.lab.stamp
-	@mkdir -p $(dir $(DEMO_LOG))
-	$(BIN)/imagingkit serve --sandbox --size $(SIZE) --port $(PORT) > $(DEMO_LOG) 2>&1 &
-	server=$$!
-	trap 'kill $$server 2>/dev/null || true; wait $$server 2>/dev/null || true' EXIT
-	echo "Starting the imagingkit sandbox (the first run generates its data) ..."
-	for _ in $$(seq 1800); do
-		grep -q '^imagingkit ready on' $(DEMO_LOG) && break
-		if ! kill -0 $$server 2>/dev/null; then
-			cat $(DEMO_LOG); echo "imagingkit serve stopped (is port $(PORT) taken? try make demo PORT=...)"; exit 1
-		fi
-		sleep 0.1
-	done
-	if ! grep -q '^imagingkit ready on' $(DEMO_LOG); then
-		cat $(DEMO_LOG); echo "imagingkit serve was not ready after 180 s"; exit 1
-	fi
-	grep -A 20 '^imagingkit ready on' $(DEMO_LOG) | grep -E '^(imagingkit ready on|  [a-z])'
-	echo "Starting JupyterLab; Ctrl-C stops it and the sandbox."
-	$(BIN)/jupyter lab -y --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) notebooks/
+	@echo "Starting JupyterLab on notebooks/ with the imagingkit sandbox ($(SIZE)) inside;"
+	echo "the first run generates its data (the notebooks wait for it). Ctrl-C stops it."
+	IMAGINGKIT_SANDBOX=1 IMAGINGKIT_SANDBOX_SIZE=$(SIZE) exec $(BIN)/jupyter lab -y \
+		--ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) $(ALLOW_ROOT) notebooks/
 
 # every step runs even if an earlier one fails, so a lint error does not hide test results
 test: $(VENV)/.test.stamp

@@ -12,13 +12,19 @@ Run it from a terminal::
         --topic my-topic --fhir http://127.0.0.1:8042/fhir
 
 or from a notebook with :class:`PacsProcess`, which starts it as a subprocess and
-shows what it prints. Exit status: 0 after following a selection, 1 when none came, 2 when
-the hub or the FHIR server could not be used.
+shows what it prints. A hub that needs a bearer token (the one inside Jupyter, at
+``{base_url}imagingkit/fhircast``) gets ``--token`` or ``$PACS_PLAYER_TOKEN`` (which keeps
+it off the command line, where other local users could read it); the token goes to the
+hub's origin only, and to the FHIR server only when that is the same origin.
+
+Exit status: 0 after following a selection, 1 when none came, 2 when the hub or the FHIR
+server could not be used.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import signal
 import subprocess
@@ -31,6 +37,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from imagingkit.auth import AuthMap, BearerToken
 from imagingkit.errors import ImagingKitError
 from imagingkit.fhircast import FhircastClient
 from imagingkit.fhircast.protocol import Event, accession_number, study_instance_uid
@@ -48,7 +55,12 @@ def keep(resource: dict[str, Any], elements: tuple[str, ...]) -> dict[str, Any]:
     return {k: resource[k] for k in elements if k in resource}
 
 
-def worklist(fhir: str, count: int, timeout: float = 30) -> list[tuple[dict, dict]]:
+TOKEN_VARIABLE = "PACS_PLAYER_TOKEN"
+
+
+def worklist(
+    fhir: str, count: int, auth: AuthMap | None = None, timeout: float = 30
+) -> list[tuple[dict, dict]]:
     """The *count* most recent ImagingStudies and their Patients (FHIR R4 search).
 
     ``GET [base]/ImagingStudy?_sort=-started&_count=N&_include=ImagingStudy:subject``.
@@ -58,7 +70,7 @@ def worklist(fhir: str, count: int, timeout: float = 30) -> list[tuple[dict, dic
     answer = session.get(
         f"{fhir.rstrip('/')}/ImagingStudy",
         params={"_sort": "-started", "_count": count, "_include": "ImagingStudy:subject"},
-        headers={"Accept": "application/fhir+json"},
+        headers={"Accept": "application/fhir+json", **(auth.headers_for(fhir) if auth else {})},
         timeout=timeout,
     )
     answer.raise_for_status()
@@ -80,12 +92,16 @@ def describe(study: dict[str, Any]) -> str:
 
 
 def play(args: argparse.Namespace) -> int:
-    pairs = worklist(args.fhir, args.studies)
+    auth = AuthMap()
+    if args.token:  # bound to the hub's origin (DESIGN.md D7)
+        auth.add(args.hub, BearerToken(args.token, name="fhircast-hub"))
+    pairs = worklist(args.fhir, args.studies, auth)
     if not pairs:
         say(f"no ImagingStudy with a Patient on {args.fhir}")
         return 2
     say(f"worklist of {len(pairs)} studies from {args.fhir}")
-    with FhircastClient(args.hub, args.topic, subscriber_name="pacs-player") as pacs:
+    hub = FhircastClient(args.hub, args.topic, subscriber_name="pacs-player", token=args.token)
+    with hub as pacs:
         for patient, study in pairs:
             pacs.wait_for(pacs.open_patient(patient).id, timeout=args.timeout)
             sent = pacs.open_study(study, patient)
@@ -127,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for a selection")
     parser.add_argument("--timeout", type=float, default=10, help="seconds per hub echo")
     parser.add_argument("--no-close", dest="close", action="store_false", help="leave it open")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE) or None,
+        help=f"bearer token of the hub (default: ${TOKEN_VARIABLE})",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (PacsProcess.stop, CI) leaves through the with-block: unsubscribe, close 1000
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -154,17 +175,27 @@ class PacsProcess:
         threading.Thread(target=self._read, daemon=True).start()
 
     @classmethod
-    def start(cls, *, hub: str, topic: str, fhir: str, **options: Any) -> PacsProcess:
-        """Run ``python pacs_player.py --hub … --topic … --fhir …`` (options as flags)."""
+    def start(
+        cls, *, hub: str, topic: str, fhir: str, token: str | None = None, **options: Any
+    ) -> PacsProcess:
+        """Run ``python pacs_player.py --hub … --topic … --fhir …`` (options as flags).
+
+        *token* (the hub's bearer token, or None) is passed in the player's environment,
+        not on its command line.
+        """
         command = [sys.executable, str(Path(__file__).resolve())]
         command += ["--hub", hub, "--topic", topic, "--fhir", fhir]
         for name, value in options.items():
             command += [f"--{name.replace('_', '-')}", str(value)]
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_VARIABLE}
+        if token:
+            env[TOKEN_VARIABLE] = token
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
             text=True,
         )
         return cls(process)
