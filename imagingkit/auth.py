@@ -14,6 +14,17 @@ SMART Imaging Access reuse: an ImagingStudy's Endpoint may say (extension
 accepted. :meth:`AuthMap.for_endpoint` decides which credential a DICOMweb request to
 that Endpoint carries, and sends the FHIR credential to another origin only when the
 user declared that origin with :meth:`AuthMap.with_reuse`.
+
+One retry after ``401``: the FHIR and DICOMweb clients send their requests through
+:meth:`AuthMap.requests_auth`. When a request carrying a *refreshable* credential
+(:class:`Refreshable`: it can :meth:`~Refreshable.invalidate` its token, as
+:class:`~imagingkit.smart.SmartBackendServices` does) is answered ``401`` — the token
+was revoked or forgotten before its ``expires_in`` (RFC 6750 §3.1 ``invalid_token``; a
+restarted sandbox) — the token is invalidated, a new one fetched and the same request,
+to the same URL, sent once more. Never twice, never with a fixed token
+(:class:`BearerToken`, :class:`BasicAuth`: a second try would fail the same way), never
+for a request whose body cannot be sent again, and never to an origin whose request
+carried no credential of the map.
 """
 
 from __future__ import annotations
@@ -26,6 +37,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+import requests
+from requests.auth import AuthBase
+from requests.cookies import extract_cookies_to_jar
+
 from imagingkit.errors import AuthError, redact_url
 
 if TYPE_CHECKING:
@@ -37,6 +52,8 @@ __all__ = [
     "BasicAuth",
     "BearerToken",
     "Credential",
+    "OriginAuth",
+    "Refreshable",
     "SmartBackendServices",
     "origin_of",
     "requires_access_token",
@@ -100,6 +117,15 @@ class Credential(Protocol):
 
     def authorization(self) -> str:
         """Return the value of the ``Authorization`` header (may refresh a token)."""
+        ...
+
+
+@runtime_checkable
+class Refreshable(Protocol):
+    """A credential whose token can be dropped and obtained again (after a ``401``)."""
+
+    def invalidate(self, rejected: str | None = None) -> None:
+        """Forget the token, or only if *rejected* (an ``Authorization`` value) is it."""
         ...
 
 
@@ -202,6 +228,15 @@ class AuthMap:
             return {}
         return {"Authorization": credential.authorization()}
 
+    def requests_auth(self) -> OriginAuth:
+        """This map as a ``requests`` auth hook (with the one retry after ``401``).
+
+        Examples
+        --------
+        >>> session.get(url, auth=auth_map.requests_auth())  # doctest: +SKIP
+        """
+        return OriginAuth(self)
+
     def principal_for(self, url: str) -> str:
         """Return the non-secret principal for *url* (``"anonymous"`` if unmapped)."""
         credential = self.credential_for(url)
@@ -301,3 +336,56 @@ class AuthMap:
 
 
 _endpoint_flag = requires_access_token  # for_endpoint's keyword argument shadows the name
+
+
+class OriginAuth(AuthBase):
+    """``requests`` auth: the :class:`AuthMap`'s header for each request's own origin.
+
+    Sets ``Authorization`` from :meth:`AuthMap.headers_for` (and removes any other), and
+    for a :class:`Refreshable` credential retries once after ``401`` with a new token
+    (see the module docstring). Call it again on each redirect hop
+    (``Session.rebuild_auth``) to re-derive the header for that hop's origin.
+
+    Parameters
+    ----------
+    auth : AuthMap
+    """
+
+    def __init__(self, auth: AuthMap) -> None:
+        self.auth = auth
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers.pop("Authorization", None)
+        credential = self.auth.credential_for(request.url or "")
+        if credential is None:
+            return request
+        request.headers["Authorization"] = credential.authorization()
+        if isinstance(credential, Refreshable) and self._retry not in request.hooks["response"]:
+            request.register_hook("response", self._retry)
+        return request
+
+    def _retry(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        """The response hook: one new token and one more try after a ``401``."""
+        request = response.request
+        if response.status_code != 401 or getattr(request, "_imagingkit_retry", False):
+            return response
+        sent = request.headers.get("Authorization")
+        credential = self.auth.credential_for(request.url or "")
+        if sent is None or not isinstance(credential, Refreshable):
+            return response  # this hop carried no credential of ours (another origin)
+        if not isinstance(request.body, (bytes, str, type(None))):
+            return response  # a streamed body cannot be sent again
+        credential.invalidate(sent)  # only if no other thread already replaced it
+        log.info("401 from %s: retrying once with a new token", origin_of(request.url or ""))
+        response.content  # noqa: B018 - read it, so the connection goes back to the pool
+        response.close()
+        again = request.copy()
+        again._imagingkit_retry = True
+        again.headers["Authorization"] = credential.authorization()  # fetches: may raise
+        if response.raw is not None:
+            extract_cookies_to_jar(again._cookies, request, response.raw)
+            again.prepare_cookies(again._cookies)
+        retried: requests.Response = response.connection.send(again, **kwargs)
+        retried.history.append(response)
+        retried.request = again
+        return retried

@@ -451,6 +451,9 @@ class SmartBackendServices:
         The ``patient`` launch context of the last token response, if any.
     granted_scope : str or None
         The scope the server granted in its last response.
+    tokens_fetched : int
+        How many tokens it obtained so far (the first one and every renewal, including
+        those after a ``401``: see :meth:`invalidate`).
 
     Examples
     --------
@@ -492,6 +495,7 @@ class SmartBackendServices:
         self._renew_at = 0.0
         self.patient: str | None = None
         self.granted_scope: str | None = None
+        self.tokens_fetched = 0
 
     @classmethod
     def from_fhir_base(
@@ -549,10 +553,20 @@ class SmartBackendServices:
             assert self._token is not None
             return self._token
 
-    def invalidate(self) -> None:
-        """Forget the token (e.g. after a 401), so the next request gets a new one."""
+    def invalidate(self, rejected: str | None = None) -> None:
+        """Forget the token (e.g. after a 401), so the next request gets a new one.
+
+        Parameters
+        ----------
+        rejected : str, optional
+            The token the server refused, or the ``Authorization`` value that carried it:
+            the token is forgotten only if it is still the current one, so that threads
+            refused at the same moment cause one renewal, not one each.
+        """
         with self._lock:
-            self._token = None
+            current = self._token
+            if rejected is None or current is None or rejected in (current, f"Bearer {current}"):
+                self._token = None
 
     def _fetch(self) -> None:
         assertion = client_assertion(self.client_id, self.token_url, self._key, kid=self.kid)
@@ -601,6 +615,7 @@ class SmartBackendServices:
         margin = min(self.refresh_margin, max(lifetime, 0.0) / 5)
         self._token = token
         self._renew_at = started + lifetime - margin
+        self.tokens_fetched += 1
         patient = body.get("patient")
         self.patient = patient if isinstance(patient, str) else None
         granted = body.get("scope")

@@ -5,7 +5,9 @@ Every request imagingkit's DICOMweb client makes goes through a :class:`Transpor
 * **Credentials per origin** (DESIGN.md D7). The ``Authorization`` header comes from
   :meth:`imagingkit.auth.AuthMap.headers_for` for the URL actually requested, on the first
   request and again on every redirect hop, so a redirect to another origin carries no
-  credential and an unmapped origin never gets one.
+  credential and an unmapped origin never gets one. A ``401`` to a request carrying a
+  refreshing credential (SMART Backend Services) is retried once with a new token
+  (:class:`imagingkit.auth.OriginAuth`).
 * **Retries that honour ``Retry-After``.** ``429 Too Many Requests`` and ``503 Service
   Unavailable`` (RFC 9110 §15.6.4, RFC 6585 §4; the SMART Imaging Access IG asks clients
   to repeat the identical request after a 503 with ``Retry-After``) are retried after the
@@ -42,7 +44,6 @@ from urllib.parse import urlencode
 
 import requests
 import requests.adapters
-from requests.auth import AuthBase
 
 from imagingkit.auth import AuthMap
 from imagingkit.config import Settings, get_settings
@@ -120,24 +121,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-class _OriginAuth(AuthBase):
-    """Set ``Authorization`` from the AuthMap for the URL of each prepared request."""
-
-    def __init__(self, auth: AuthMap) -> None:
-        self.auth = auth
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers.pop("Authorization", None)
-        request.headers.update(self.auth.headers_for(request.url or ""))
-        return request
-
-
 class _PolicySession(requests.Session):
     """A session whose redirects re-derive credentials for each hop's origin."""
 
     def __init__(self, auth: AuthMap) -> None:
         super().__init__()
-        self.origin_auth = _OriginAuth(auth)
+        self.origin_auth = auth.requests_auth()  # with the one retry after 401
         self.auth = self.origin_auth
 
     def rebuild_auth(

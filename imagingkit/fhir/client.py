@@ -108,6 +108,7 @@ class FhirClient(SyncFHIRClient):
         origin_of(base)  # refuses a URL without a host
         super().__init__(base)
         self.auth = auth or AuthMap()
+        self._origin_auth = self.auth.requests_auth()  # one retry after 401 (imagingkit.auth)
         self.settings = settings or get_settings()
         self.session = session or requests.Session()
         self.session.headers.pop("Authorization", None)
@@ -127,10 +128,12 @@ class FhirClient(SyncFHIRClient):
             On any other error status or a network failure; the message carries the
             server's OperationOutcome text.
         """
-        headers = {"Accept": accept, **self.auth.headers_for(url)}
+        headers = {"Accept": accept}
         for attempt in range(_MAX_RETRIES + 1):
             try:
-                response = self.session.get(url, headers=headers, timeout=self.settings.timeout)
+                response = self.session.get(
+                    url, headers=headers, auth=self._origin_auth, timeout=self.settings.timeout
+                )
             except requests.RequestException as exc:
                 raise FHIRError(f"FHIR request failed: {type(exc).__name__}", url=url) from exc
             self.requests_made.append(url)
@@ -172,10 +175,14 @@ class FhirClient(SyncFHIRClient):
         url = self._build_request_url(path, params)
         headers = {**self._build_request_headers(), **(extra_headers or {})}
         headers.pop("Authorization", None)
-        headers.update(self.auth.headers_for(url))
         try:
             response = self.session.request(
-                method, url, json=data, headers=headers, timeout=self.settings.timeout
+                method,
+                url,
+                json=data,
+                headers=headers,
+                auth=self._origin_auth,
+                timeout=self.settings.timeout,
             )
         except requests.RequestException as exc:
             raise FHIRError(f"FHIR request failed: {type(exc).__name__}", url=url) from exc
