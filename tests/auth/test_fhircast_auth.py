@@ -13,8 +13,6 @@ has no patient-scoped scopes and a hub cannot screen a session's context by pati
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 from auth_support import make_client, registry_of
-from servers import SANDBOX_SEED, SANDBOX_SIZE, cached_sandbox_data_dir, start_imagingkit
+from serve_support import AuthSandboxProcess
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -43,22 +41,32 @@ PATIENT = {"resourceType": "Patient", "id": "fhircast-auth-1"}
 class AuthHub:
     """The served sandbox with ``--auth`` and its generated clients' keys."""
 
-    hub: str
-    fhir: str
-    token_url: str
-    folder: Path
+    process: AuthSandboxProcess
 
-    def credential(self, client_id: str, scope: str) -> smart.SmartBackendServices:
-        pem = (self.folder / f"{client_id}.pem").read_bytes()
-        return smart.SmartBackendServices(self.token_url, client_id, pem, scope)
+    @property
+    def hub(self) -> str:
+        return self.process.mount("fhircast")
+
+    @property
+    def fhir(self) -> str:
+        return self.process.mount("fhir")
+
+    @property
+    def token_url(self) -> str:
+        return self.process.token_url
+
+    @property
+    def folder(self) -> Path:
+        return self.process.clients
 
     def token_answer(self, client_id: str, scope: str) -> requests.Response:
-        pem = (self.folder / f"{client_id}.pem").read_bytes()
         form = {
             "grant_type": "client_credentials",
             "scope": scope,
             "client_assertion_type": smart.CLIENT_ASSERTION_TYPE,
-            "client_assertion": smart.client_assertion(client_id, self.token_url, pem),
+            "client_assertion": smart.client_assertion(
+                client_id, self.token_url, self.process.pem(client_id)
+            ),
         }
         return requests.post(self.token_url, data=form, timeout=TIMEOUT)
 
@@ -70,30 +78,11 @@ class AuthHub:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthHub]:
-    tmp = tmp_path_factory.mktemp("fhircast-auth")
-    data_dir = tmp / "data"
-    shutil.copytree(cached_sandbox_data_dir(), data_dir)
-    server = start_imagingkit(
-        [
-            "--sandbox",
-            f"--size={SANDBOX_SIZE}",
-            f"--seed={SANDBOX_SEED}",
-            "--port=0",
-            "--auth",
-            f"--data-dir={data_dir}",
-        ],
-        log=tmp / "serve.log",
-        data_dir=data_dir,
-    )
+    process = AuthSandboxProcess.started(tmp_path_factory.mktemp("fhircast-auth"))
     try:
-        yield AuthHub(
-            hub=server.mounts["fhircast"].rstrip("/"),
-            fhir=server.mounts["fhir"].rstrip("/"),
-            token_url=server.mounts["auth"].rstrip("/") + "/token",
-            folder=data_dir / "auth" / f"sandbox-{SANDBOX_SIZE}-{SANDBOX_SEED}",
-        )
+        yield AuthHub(process)
     finally:
-        assert server.stop(signal.SIGTERM) == 0
+        process.stop()
 
 
 def subscribe(
@@ -222,8 +211,8 @@ def test_the_lease_ends_no_later_than_the_token(served: AuthHub) -> None:
 
 def test_fhircast_clients_with_smart_tokens_share_a_session(served: AuthHub) -> None:
     topic = str(uuid.uuid4())
-    follower_cred = served.credential("imagingkit-system", "fhircast/*.read")
-    driver_cred = served.credential(
+    follower_cred = served.process.credential("imagingkit-system", "fhircast/*.read")
+    driver_cred = served.process.credential(
         "imagingkit-system", "fhircast/Patient-open.read fhircast/Patient-open.write"
     )
     follower = FhircastClient(

@@ -13,8 +13,6 @@ small loopback servers.
 
 from __future__ import annotations
 
-import shutil
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 import tornado.web
-from servers import (
-    SANDBOX_SEED,
-    SANDBOX_SIZE,
-    ImagingkitServer,
-    cached_sandbox_data_dir,
-    start_imagingkit,
-)
+from serve_support import AuthSandboxProcess
 
 import imagingkit
-from imagingkit import smart
-from imagingkit.auth import AuthMap, BearerToken
+from imagingkit.auth import AuthMap, BearerToken, Credential
 from imagingkit.config import Settings
 from imagingkit.dicomweb.client import DicomWebClient
 from imagingkit.errors import AuthError, DICOMwebError
@@ -42,65 +33,17 @@ from imagingkit.sandbox.fhir.testing import serving_app
 TIMEOUT = 60
 
 
-@dataclass
-class Restartable:
-    """``imagingkit serve --sandbox --auth`` that can be restarted on its port."""
-
-    data_dir: Path
-    logs: Path
-    server: ImagingkitServer | None = None
-    starts: int = 0
-
-    def start(self, port: int = 0) -> None:
-        self.starts += 1
-        self.server = start_imagingkit(
-            [
-                "--sandbox",
-                f"--size={SANDBOX_SIZE}",
-                f"--seed={SANDBOX_SEED}",
-                f"--port={port}",
-                "--auth",
-                f"--data-dir={self.data_dir}",
-            ],
-            log=self.logs / f"serve-{self.starts}.log",
-            data_dir=self.data_dir,
-        )
-
-    def restart(self) -> None:
-        """Stop and start on the same port: every issued token is forgotten."""
-        assert self.server is not None
-        port = self.server.port
-        assert self.server.stop(signal.SIGTERM) == 0
-        self.start(port)
-        assert self.server.port == port
-
-    def mount(self, name: str) -> str:
-        assert self.server is not None
-        return self.server.mounts[name].rstrip("/")
-
-    def credential(self, scope: str = "system/*.rs") -> smart.SmartBackendServices:
-        folder = self.data_dir / "auth" / f"sandbox-{SANDBOX_SIZE}-{SANDBOX_SEED}"
-        pem = (folder / "imagingkit-system.pem").read_bytes()
-        token_url = self.mount("auth") + "/token"
-        return smart.SmartBackendServices(token_url, "imagingkit-system", pem, scope)
-
-
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restartable]:
-    tmp = tmp_path_factory.mktemp("refresh-on-401")
-    data_dir = tmp / "data"
-    shutil.copytree(cached_sandbox_data_dir(), data_dir)
-    served = Restartable(data_dir, tmp)
-    served.start()
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthSandboxProcess]:
+    process = AuthSandboxProcess.started(tmp_path_factory.mktemp("refresh-on-401"))
     try:
-        yield served
+        yield process
     finally:
-        if served.server is not None:
-            assert served.server.stop(signal.SIGTERM) == 0
+        process.stop()
 
 
 def test_after_a_restart_the_bridge_and_dicomweb_fetch_one_new_token(
-    sandbox: Restartable, tmp_path: Path
+    sandbox: AuthSandboxProcess, tmp_path: Path
 ) -> None:
     fhir, dicomweb = sandbox.mount("fhir"), sandbox.mount("dicom-web")
     credential = sandbox.credential()
@@ -176,36 +119,36 @@ def refusing() -> Iterator[tuple[str, Seen]]:
         yield origin, seen
 
 
-def _get(kind: str, url: str, auth: AuthMap, settings: Settings) -> None:
-    """One GET of *url* by the FHIR client or the DICOMweb transport (raises on 401)."""
-    if kind == "fhir":
-        client = FhirClient(url.rsplit("/", 1)[0], auth=auth, settings=settings)
-        try:
-            client.get_bytes(url)
-        finally:
-            client.close()
-    else:
-        dicom = DicomWebClient(url.rsplit("/", 1)[0], auth=auth, settings=settings, cache=False)
-        try:
-            dicom.transport.get(url)
-        finally:
-            dicom.close()
+def _refused_status(kind: str, origin: str, credential: Credential, tmp_path: Path) -> int | None:
+    """GET ``{origin}/base/studies`` with the FHIR client or the DICOMweb transport.
+
+    The request must fail; return the status of the error raised.
+    """
+    auth, settings = AuthMap({origin: credential}), Settings(data_dir=tmp_path)
+    url = f"{origin}/base/studies"
+    with pytest.raises((AuthError, DICOMwebError)) as caught:
+        if kind == "fhir":
+            client = FhirClient(f"{origin}/base", auth=auth, settings=settings)
+            try:
+                client.get_bytes(url)
+            finally:
+                client.close()
+        else:
+            dicom = DicomWebClient(f"{origin}/base", auth=auth, settings=settings, cache=False)
+            try:
+                dicom.transport.get(url)
+            finally:
+                dicom.close()
+    return caught.value.status
 
 
 @pytest.mark.parametrize("kind", ["fhir", "dicomweb"])
 def test_a_server_refusing_every_token_is_asked_twice_only(
-    sandbox: Restartable, refusing: tuple[str, Seen], kind: str, tmp_path: Path
+    sandbox: AuthSandboxProcess, refusing: tuple[str, Seen], kind: str, tmp_path: Path
 ) -> None:
     origin, seen = refusing
     credential = sandbox.credential()
-    with pytest.raises((AuthError, DICOMwebError)) as caught:
-        _get(
-            kind,
-            f"{origin}/base/studies",
-            AuthMap({origin: credential}),
-            Settings(data_dir=tmp_path),
-        )
-    assert caught.value.status == 401
+    assert _refused_status(kind, origin, credential, tmp_path) == 401
     assert credential.tokens_fetched == 2
     first, second = seen.authorizations
     assert first and second and first != second  # the retry carried the new token
@@ -216,35 +159,26 @@ def test_a_fixed_token_is_not_retried(
     refusing: tuple[str, Seen], kind: str, tmp_path: Path
 ) -> None:
     origin, seen = refusing
-    auth = AuthMap({origin: BearerToken("fixed-token")})
-    with pytest.raises((AuthError, DICOMwebError)) as caught:
-        _get(kind, f"{origin}/base/studies", auth, Settings(data_dir=tmp_path))
-    assert caught.value.status == 401
+    assert _refused_status(kind, origin, BearerToken("fixed-token"), tmp_path) == 401
     assert seen.authorizations == ["Bearer fixed-token"]
 
 
 @pytest.mark.parametrize("kind", ["fhir", "dicomweb"])
 def test_a_401_from_another_origin_after_a_redirect_is_not_retried(
-    sandbox: Restartable, refusing: tuple[str, Seen], kind: str, tmp_path: Path
+    sandbox: AuthSandboxProcess, refusing: tuple[str, Seen], kind: str, tmp_path: Path
 ) -> None:
     elsewhere, refused = refusing
     mapped = Seen(redirect_to=elsewhere)
     app = tornado.web.Application([(r"(/.*)", _FaultHandler, {"seen": mapped})])
     credential = sandbox.credential()
-    with serving_app(app) as origin, pytest.raises((AuthError, DICOMwebError)) as caught:
-        _get(
-            kind,
-            f"{origin}/base/studies",
-            AuthMap({origin: credential}),
-            Settings(data_dir=tmp_path),
-        )
-    assert caught.value.status == 401
+    with serving_app(app) as origin:
+        assert _refused_status(kind, origin, credential, tmp_path) == 401
     assert len(mapped.authorizations) == 1 and mapped.authorizations[0] is not None
     assert refused.authorizations == [None]  # no credential, no retry, at the other origin
     assert credential.tokens_fetched == 1
 
 
-def test_concurrent_401s_cause_one_renewal(sandbox: Restartable) -> None:
+def test_concurrent_401s_cause_one_renewal(sandbox: AuthSandboxProcess) -> None:
     """invalidate(rejected) forgets the token only while it is still the rejected one."""
     credential = sandbox.credential()
     stale = credential.authorization()
