@@ -507,8 +507,9 @@ class AsyncSubscriptionListener:
         self._repoint = True  # every later connect re-activates
         if self.mode == "topic":
             await self._await_handshake()
-        else:
-            await self._wait_active()
+        # servers write ``active`` only once the handshake POST has returned, and number
+        # no event before: start() returns when none can be missed any more
+        await self._wait_active()
         self.channel = "rest-hook"
         self._trouble.clear()
         self._alive_since = time.monotonic()

@@ -149,7 +149,8 @@ def test_missed_event_found_by_status_and_covered_by_requery(
         wait_until(lambda: listener.tracker.contiguous == 2, timeout=30, what="event 2 settled")
 
         later = _create(sekmet, "p1")
-        after = listener.wait_for(later, timeout=60)
-        assert (after.source, after.number) == ("notification", 3)
+        listener.wait_for(later, timeout=60)
+        # usually event 3 as a notification; a failed POST sekmet was still retrying can
+        # flip the Subscription back to error, and the re-query after re-activation finds it
         focuses = [c.focus for c in listener.changes()]
-        assert focuses.count(first) == 1 and focuses.count(missed) == 1
+        assert [focuses.count(f) for f in (first, missed, later)] == [1, 1, 1]
