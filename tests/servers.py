@@ -1,4 +1,4 @@
-"""Helpers of the test fixtures: Orthanc, ``imagingkit serve`` and the cached sandbox.
+"""Helpers of the test fixtures: Orthanc, ``imagingkit serve``, Jupyter, the cached sandbox.
 
 Every server listens on loopback, every wait has a timeout, and each helper stops only
 the process it started, by its PID. Import from here (``from servers import …``), not from
@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ __all__ = [
     "SANDBOX_SEED",
     "SANDBOX_SIZE",
     "ImagingkitServer",
+    "JupyterProcess",
     "OrthancServer",
     "RawResponse",
     "ServerStartError",
@@ -41,11 +43,13 @@ __all__ = [
     "cached_sandbox_data_dir",
     "free_port",
     "imagingkit_command",
+    "jupyter_env",
     "listening_addresses",
     "multipart_parts",
     "orthanc_missing_reason",
     "raw_get",
     "start_imagingkit",
+    "start_jupyter",
     "start_orthanc",
     "subprocess_env",
 ]
@@ -477,3 +481,114 @@ def multipart_parts(content_type: str, body: bytes) -> list[tuple[dict[str, str]
                 headers[name.strip().lower()] = value.strip()
         parts.append((headers, content))
     return parts
+
+
+# --------------------------------------------------------------------------- Jupyter
+
+
+JUPYTER_START_TIMEOUT = 240  # a cold index of the small sandbox on a loaded 2-core machine
+
+
+@dataclass
+class JupyterProcess:
+    """A running ``jupyter server`` with the imagingkit extension."""
+
+    process: subprocess.Popen[bytes]
+    origin: str
+    token: str
+    log: Path
+    runtime_dir: Path
+    #: ``/`` or e.g. ``/user/ada/`` (leading and trailing slash)
+    base_url: str = "/"
+
+    @property
+    def imagingkit(self) -> str:
+        """``{origin}{base_url}imagingkit`` without a trailing slash."""
+        return f"{self.origin}{self.base_url}imagingkit"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        """GET ``{imagingkit}{path}`` with the token (unless *headers* are given)."""
+        kwargs.setdefault("headers", self.headers)
+        kwargs.setdefault("timeout", 60)
+        return requests.get(f"{self.imagingkit}{path}", **kwargs)  # type: ignore[arg-type]
+
+    def wait_ready(self, timeout: float = JUPYTER_START_TIMEOUT) -> dict[str, object]:
+        """Wait until the extension's status is ``ready``; return the status document."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerStartError(f"jupyter server exited:\n{_tail(self.log)}")
+            try:
+                answer = self.get("/", timeout=10)
+                last = (answer.status_code, answer.text[:300])
+                if answer.status_code == 200 and answer.json()["status"] == "ready":
+                    return dict(answer.json())
+                if answer.status_code not in (200, 404):  # 404 before the extension loads
+                    raise ServerStartError(f"unexpected answer {last!r}:\n{_tail(self.log)}")
+            except requests.ConnectionError as exc:
+                last = exc
+            time.sleep(0.5)
+        raise ServerStartError(f"not ready within {timeout} s ({last!r}):\n{_tail(self.log)}")
+
+
+def jupyter_env(tmp: Path) -> dict[str, str]:
+    """The environment of a Binder user: imagingkit's default data dir under ``tmp/cache``,
+    no ``IMAGINGKIT_*`` or ``JUPYTER*`` variable, no user or machine Jupyter config (only
+    ``sys.prefix``'s, which ``pip install`` wrote), runtime files in ``tmp/runtime``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINGKIT_", "JUPYTER"))}
+    env.update(
+        {
+            "XDG_CACHE_HOME": str(tmp / "cache"),  # the default data dir: …/cache/imagingkit
+            "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def start_jupyter(
+    tmp: Path, env: dict[str, str], *, root_dir: Path, base_url: str = "/"
+) -> JupyterProcess:
+    """Run ``binder/start python -m jupyter_server`` on loopback with a fresh token.
+
+    ``binder/start`` turns the extension's sandbox on; the server's log is ``tmp/jupyter.log``
+    and its runtime files (``jpserver-<pid>.json``, kernel connection files) are in
+    ``env["JUPYTER_RUNTIME_DIR"]``. Returns once the process runs (see
+    :meth:`JupyterProcess.wait_ready`).
+    """
+    port = free_port()
+    token = secrets.token_hex(16)
+    command = [
+        str(REPO / "binder" / "start"),
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.base_url={base_url}",
+        f"--ServerApp.root_dir={root_dir}",
+        f"--IdentityProvider.token={token}",
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    log = tmp / "jupyter.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=tmp,
+            preexec_fn=_die_with_parent,
+        )
+    origin = f"http://127.0.0.1:{port}"
+    return JupyterProcess(process, origin, token, log, Path(env["JUPYTER_RUNTIME_DIR"]), base_url)

@@ -9,17 +9,13 @@ HTTP and websockets to it. ``ComponentMount``'s start-up gate is tested in-proce
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,11 +23,14 @@ import requests
 import websockets.exceptions
 import websockets.sync.client
 from servers import (
-    _die_with_parent,
+    JUPYTER_START_TIMEOUT,
+    REPO,
+    JupyterProcess,
     _stop_process,
     _tail,
     cached_sandbox_data_dir,
-    free_port,
+    jupyter_env,
+    start_jupyter,
 )
 
 import imagingkit
@@ -43,71 +42,8 @@ from imagingkit.sandbox.fhir.testing import serving_app
 from imagingkit.viewer import BuiltinViewer
 
 BASE_URL = "/user/ada/"
-START_TIMEOUT = 240  # a cold index of the small sandbox on a loaded 2-core machine
+START_TIMEOUT = JUPYTER_START_TIMEOUT
 EXIT_TIMEOUT = 30
-
-
-@dataclass
-class JupyterProcess:
-    """A running ``jupyter server`` with the imagingkit extension."""
-
-    process: subprocess.Popen[bytes]
-    origin: str
-    token: str
-    log: Path
-    runtime_dir: Path
-
-    @property
-    def imagingkit(self) -> str:
-        """``{origin}{base_url}imagingkit`` without a trailing slash."""
-        return f"{self.origin}{BASE_URL}imagingkit"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {self.token}"}
-
-    def get(self, path: str, **kwargs: object) -> requests.Response:
-        kwargs.setdefault("headers", self.headers)
-        kwargs.setdefault("timeout", 60)
-        return requests.get(f"{self.imagingkit}{path}", **kwargs)  # type: ignore[arg-type]
-
-
-def _wait_ready(server: JupyterProcess) -> dict[str, object]:
-    deadline = time.monotonic() + START_TIMEOUT
-    last: object = None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"jupyter server exited:\n{_tail(server.log)}")
-        try:
-            answer = server.get("/", timeout=10)
-            last = (answer.status_code, answer.text[:300])
-            if answer.status_code == 200 and answer.json()["status"] == "ready":
-                return dict(answer.json())
-            assert answer.status_code in (200, 404), last  # 404 before the extension loads
-        except requests.ConnectionError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"not ready within {START_TIMEOUT} s ({last!r}):\n{_tail(server.log)}")
-
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _binder_env(tmp: Path) -> dict[str, str]:
-    """The environment of a Binder user: imagingkit's default data dir under ~/.cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINGKIT_", "JUPYTER"))}
-    env.update(
-        {
-            "XDG_CACHE_HOME": str(
-                tmp / "cache"
-            ),  # the default data dir: $XDG_CACHE_HOME/imagingkit
-            # no user or machine config of this account (only sys.prefix's, from pip)
-            "JUPYTER_CONFIG_DIR": str(tmp / "config"),
-            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +54,7 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess
     tmp = tmp_path_factory.mktemp("jupyter")
     data_dir = tmp / "cache" / "imagingkit"
     shutil.copytree(cached_sandbox_data_dir(), data_dir)  # generated already: no 20 s wait
-    env = _binder_env(tmp)
+    env = jupyter_env(tmp)
     prepared = subprocess.run(
         [sys.executable, str(REPO / "binder" / "prepare_sandbox.py"), "small"],
         env=env,
@@ -130,40 +66,12 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert f"prepared in {data_dir}" in prepared.stdout
     assert (data_dir / "fhir" / "sandbox-small-42.sqlite.record").is_file()
-    port = free_port()
-    token = secrets.token_hex(16)
-    command = [
-        str(REPO / "binder" / "start"),  # turns the sandbox on (IMAGINGKIT_SANDBOX=1)
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.base_url={BASE_URL}",
-        f"--ServerApp.root_dir={tmp}",
-        f"--IdentityProvider.token={token}",
-    ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log = tmp / "jupyter.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp,
-            preexec_fn=_die_with_parent,
-        )
-    server = JupyterProcess(process, f"http://127.0.0.1:{port}", token, log, tmp / "runtime")
+    server = start_jupyter(tmp, env, root_dir=tmp, base_url=BASE_URL)
     try:
-        _wait_ready(server)
+        server.wait_ready()
         yield server
     finally:
-        _stop_process(process, signal.SIGTERM, EXIT_TIMEOUT)
+        _stop_process(server.process, signal.SIGTERM, EXIT_TIMEOUT)
 
 
 @pytest.fixture

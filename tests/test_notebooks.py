@@ -3,19 +3,33 @@
 Notebook 01 is run without ``IMAGINGKIT_FHIR_URL``, so it starts the sandbox in its own
 kernel (on a private copy of the cached test data); notebook 02 is pointed at the
 ``imagingkit serve --sandbox`` of the session. A cell that raises fails the test with the
-cell's traceback.
+cell's traceback. ``make demo``'s set-up is run too: notebooks executed in a kernel that a
+real ``jupyter server`` with the extension's sandbox started, so that their first cell
+finds that sandbox and everything after goes through Jupyter's token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+import requests
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-from servers import REPO, ImagingkitServer, cached_sandbox_data_dir
+from servers import (
+    REPO,
+    ImagingkitServer,
+    JupyterProcess,
+    _stop_process,
+    cached_sandbox_data_dir,
+    jupyter_env,
+    start_jupyter,
+)
 
 NOTEBOOKS = REPO / "notebooks"
 CELL_TIMEOUT = 600
@@ -43,6 +57,78 @@ def _outputs(notebook: nbformat.NotebookNode) -> str:
             texts.append(str(output.get("text", "")))
             texts.append(str(output.get("data", {}).get("text/plain", "")))
     return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def demo_jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterProcess]:
+    """``make demo``'s server: Jupyter on ``notebooks/`` serving the small sandbox inside
+    (``IMAGINGKIT_SANDBOX=1``), on a copy of the cached data in its default data dir."""
+    tmp = tmp_path_factory.mktemp("demo-jupyter")
+    shutil.copytree(cached_sandbox_data_dir(), tmp / "cache" / "imagingkit")
+    env = jupyter_env(tmp)  # no IMAGINGKIT_SERVER_URL: the kernels must find the server
+    env.update({"IMAGINGKIT_SANDBOX_SIZE": "small", "MPLBACKEND": "Agg"})
+    server = start_jupyter(tmp, env, root_dir=NOTEBOOKS)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        _stop_process(server.process, signal.SIGTERM, 30)
+
+
+async def _run_cells(notebook: nbformat.NotebookNode, connection_file: Path) -> None:
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    kernel = AsyncKernelClient(connection_file=str(connection_file))
+    kernel.load_connection_file()
+    kernel.start_channels()
+    try:
+        await kernel.wait_for_ready(timeout=120)
+        client = NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3")
+        client.kc = kernel  # the server's kernel: nbclient neither starts nor stops it
+        client.reset_execution_trackers()
+        for index, cell in enumerate(notebook.cells):
+            await client.async_execute_cell(cell, index)
+    finally:
+        kernel.stop_channels()
+
+
+def _execute_in_jupyter(server: JupyterProcess, name: str) -> nbformat.NotebookNode:
+    """Run *name* in a kernel started by *server* (``POST /api/kernels``), as JupyterLab does."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    kernels = f"{server.origin}{server.base_url}api/kernels"
+    started = requests.post(
+        kernels, json={"name": "python3", "path": name}, headers=server.headers, timeout=120
+    )
+    assert started.status_code == 201, started.text
+    kernel_id = started.json()["id"]
+    try:
+        asyncio.run(_run_cells(notebook, server.runtime_dir / f"kernel-{kernel_id}.json"))
+    except CellExecutionError as error:
+        pytest.fail(f"{name} failed in Jupyter's kernel:\n{error}")
+    finally:
+        requests.delete(f"{kernels}/{kernel_id}", headers=server.headers, timeout=60)
+    return notebook
+
+
+def test_build_a_cohort_in_jupyter_uses_its_sandbox(demo_jupyter: JupyterProcess) -> None:
+    notebook = _execute_in_jupyter(demo_jupyter, "01-build-a-cohort.ipynb")
+    text = _outputs(notebook)
+    # the first cell found the Jupyter server's sandbox, behind Jupyter's token
+    assert f"Bridge(fhir='{demo_jupyter.imagingkit}/fhir'" in text
+    assert "CapabilityStatement" in text
+    assert "_has:Condition:subject:code=" in text
+    assert "InvalidUIDError" in text and "1.2.abc" in text
+
+
+def test_context_sync_in_jupyter_shares_its_hub(demo_jupyter: JupyterProcess) -> None:
+    notebook = _execute_in_jupyter(demo_jupyter, "04-context-sync.ipynb")
+    text = _outputs(notebook)
+    # the PACS read its worklist and joined the hub inside Jupyter, with the token
+    assert f"PACS: worklist of 3 studies from {demo_jupyter.imagingkit}/fhir" in text
+    assert "PACS: received the notebook's selection: MRI BRAIN" in text
+    assert "follow callback runs (unchanged): 3" in text
+    assert "PACS exit status: 0" in text
+    assert "current study: None" in text
 
 
 def test_build_a_cohort_starts_its_own_sandbox(
