@@ -121,6 +121,8 @@ class ImagingkitApp(ExtensionApp):
         self.mount = ComponentMount(web_app, prefix, wrap=_wrap, retry_after=self.retry_after)
         if self.sandbox and not self.dicom_dir:
             self.mount.info["sandbox"] = {"size": self.size, "seed": self.seed}
+        elif self.dicom_dir:  # data, not the sandbox: kernels know before it is ready
+            self.mount.info["dicom_dir"] = True
         self.components: list[Component] = []
         self._closed = False
         # tornado's add_handlers: Jupyter's override lints handler classes for

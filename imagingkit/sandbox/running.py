@@ -177,9 +177,11 @@ def _of_jupyter_server(wait: float) -> RunningSandbox | None:
         if error.status != 404:  # 404: the server runs no imagingkit extension
             warnings.warn(f"the sandbox of this Jupyter server is not used: {error}", stacklevel=3)
         return None
-    if "sandbox" not in status and "fhir" not in status.get("endpoints", {}):
-        return None  # the extension serves only the FHIRcast hub and the viewer
     state = status.get("status")
+    endpoints = status.get("endpoints", {})
+    serves_data = "sandbox" in status or "dicom_dir" in status or "fhir" in endpoints
+    if not serves_data and state != "failed":
+        return None  # the extension serves only the FHIRcast hub and the viewer
     if state == "starting":  # the first run generates the data: say why the cell waits
         print(
             f"Waiting (at most {wait:g} s) for the sandbox of this Jupyter server: "
@@ -207,8 +209,10 @@ def find_or_start(
     """Return the sandbox this notebook should use, starting one only if there is none.
 
     In order: the sandbox of the Jupyter server running this kernel (its Jupyter Server
-    extension with ``IMAGINGKIT_SANDBOX=1``, waiting while it prepares its data), the
-    ``imagingkit serve`` at ``$IMAGINGKIT_SERVER_URL``, else :func:`start`.
+    extension with ``IMAGINGKIT_SANDBOX=1``, or ``IMAGINGKIT_DICOM_DIR`` for a folder of
+    one's own; waiting while it prepares the data), the ``imagingkit serve`` at
+    ``$IMAGINGKIT_SERVER_URL``, else :func:`start`. A Jupyter server whose extension serves
+    no data (only the FHIRcast hub and the viewer) is passed over.
 
     Parameters
     ----------
@@ -221,7 +225,8 @@ def find_or_start(
     Raises
     ------
     SandboxError
-        The Jupyter server's sandbox failed to start or was not ready within *wait* s.
+        The Jupyter server's sandbox failed to start or was not ready within *wait* s;
+        no other sandbox is started in its place.
     """
     found = _of_jupyter_server(wait)
     if found is not None:
