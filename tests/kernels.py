@@ -13,12 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["run_cell", "started_kernel"]
+__all__ = ["read_output", "run_cell", "started_kernel"]
 
 
 def run_cell(client: Any, code: str, timeout: float = 60) -> str:
     """Execute *code*; return its stdout, failing on an error reply."""
-    msg_id = client.execute(code)
+    return read_output(client, client.execute(code), timeout=timeout)
+
+
+def read_output(client: Any, msg_id: str, until: str | None = None, timeout: float = 60) -> str:
+    """Return the stdout of the execution *msg_id* once it contains *until* (None: once
+    the cell has finished), failing on an error reply or after *timeout* seconds."""
     output = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -28,11 +33,15 @@ def run_cell(client: Any, code: str, timeout: float = 60) -> str:
         kind, content = msg["msg_type"], msg["content"]
         if kind == "stream":
             output.append(content["text"])
+            if until is not None and until in "".join(output):
+                return "".join(output)
         elif kind == "error":
-            raise AssertionError("\n".join(content["traceback"]))
+            raise AssertionError("\n".join(content["traceback"]) + "".join(output))
         elif kind == "status" and content["execution_state"] == "idle":
-            return "".join(output)
-    raise AssertionError(f"cell did not finish within {timeout} s")
+            if until is None:
+                return "".join(output)
+            raise AssertionError(f"the cell finished without {until!r}:\n{''.join(output)}")
+    raise AssertionError(f"cell did not finish within {timeout} s:\n{''.join(output)}")
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from kernels import read_output
 from servers import (
     JupyterProcess,
     _stop_process,
@@ -84,28 +85,6 @@ def _kernel(server: JupyterProcess, timeout: float = 120) -> Iterator[Any]:
         requests.delete(f"{kernels}/{kernel_id}", headers=server.headers, timeout=60)
 
 
-def _read_until(client: Any, msg_id: str, text: str | None, timeout: float) -> str:
-    """Stream output of *msg_id* until it contains *text* (None: until the cell ends)."""
-    output: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            output.append(content["text"])
-            if text is not None and text in "".join(output):
-                return "".join(output)
-        elif kind == "error":
-            raise AssertionError("\n".join(content["traceback"]) + "".join(output))
-        elif kind == "status" and content["execution_state"] == "idle":
-            if text is None:
-                return "".join(output)
-            raise AssertionError(f"the cell ended without {text!r}:\n{''.join(output)}")
-    raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(output)}")
-
-
 def test_first_run_the_notebook_waits_for_jupyters_sandbox_and_uses_it(
     tmp_path: Path,
 ) -> None:
@@ -116,13 +95,13 @@ def test_first_run_the_notebook_waits_for_jupyters_sandbox_and_uses_it(
         fcntl.flock(lock, fcntl.LOCK_EX)  # the extension's generator waits for this lock
         with _server(tmp_path, IMAGINGKIT_SANDBOX_SIZE="small") as server, _kernel(server) as kc:
             msg_id = kc.execute(FIRST_CELL.format(token=server.token))
-            waiting = _read_until(kc, msg_id, "Waiting (at most 240 s)", timeout=120)
+            waiting = read_output(kc, msg_id, "Waiting (at most 240 s)", timeout=120)
             assert "sandbox of this Jupyter server" in waiting
             assert server.get("/dicom-web/studies").status_code == 503  # still preparing
             # "another process" finishes the data, as a concurrent generator would
             shutil.copytree(cached_sandbox_data_dir() / "sandbox" / final.name, final)
             fcntl.flock(lock, fcntl.LOCK_UN)
-            text = waiting + _read_until(kc, msg_id, None, timeout=240)
+            text = waiting + read_output(kc, msg_id, timeout=240)
             count = server.get("/fhir/ImagingStudy", params={"_summary": "count"}).json()
     assert "The sandbox is ready" in text
     urls = f"fhir: {server.imagingkit}/fhir | hub: {server.imagingkit}/fhircast"
@@ -145,6 +124,6 @@ def test_a_failed_sandbox_is_named_not_replaced(tmp_path: Path) -> None:
             "except SandboxError as error:\n"
             "    print('SandboxError:', error)\n"
         )
-        text = _read_until(kc, kc.execute(code), None, timeout=180)
+        text = read_output(kc, kc.execute(code), timeout=180)
     assert "SandboxError: the imagingkit extension failed to start" in text
     assert "not-a-folder" in text
