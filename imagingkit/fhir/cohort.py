@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from imagingkit.errors import InvalidDateError, InvalidQueryError, OperationOutcomeError
+from imagingkit.errors import (
+    FHIRError,
+    InvalidDateError,
+    InvalidQueryError,
+    OperationOutcomeError,
+)
 from imagingkit.fhir.capabilities import Capabilities
 from imagingkit.fhir.criteria import (
     BirthDate,
@@ -63,6 +68,7 @@ __all__ = ["Cohort"]
 
 log = logging.getLogger("imagingkit.fhir")
 _T = TypeVar("_T")
+_SUMMARY_COUNT = ("_summary", "count")
 
 
 def _range(value: Any, what: str) -> tuple[Any, Any]:
@@ -293,6 +299,13 @@ class Cohort:
             f"{step}. GET Endpoint?_id=… and Patient?_id=… for references not included "
             f"({ID_BATCH} ids per request)"
         )
+        for level in ("patient", "study"):
+            counting = plan.server_count(level)
+            if counting.resource_type is not None:
+                url = client.url_for(counting.resource_type, [*counting.params, _SUMMARY_COUNT])
+                lines.append(f"count({level!r}): counted by the server, one GET {url}")
+            else:
+                lines.append(f"count({level!r}): retrieved and counted ({counting.reason})")
         lines.append("Notes:")
         lines.extend(f"  - {note}" for note in plan.notes[1:])
         checked = [c.describe() for c in (*plan.patient_checks, *plan.study_checks)]
@@ -322,11 +335,54 @@ class Cohort:
             return action(fallback)
 
     def count(self, level: str = "patient") -> int:
-        """How many patients (default), studies, series or instances the cohort holds."""
+        """How many patients (default), studies, series or instances the cohort holds.
+
+        Always ``len(cohort.patients())`` or ``len(cohort.studies(level=level))``
+        (DESIGN.md D6). When :meth:`Plan.server_count <imagingkit.fhir.plan.Plan.server_count>`
+        finds one search whose result is exactly the cohort — patients from one Patient
+        search, studies from one ImagingStudy search, no join or re-check made by
+        imagingkit that could drop a resource — the server counts it: one request with
+        ``_summary=count``, read from ``Bundle.total`` (FHIR R4 search §3.1.1.5.7).
+        Otherwise, or if the server gives no total or refuses the request (4xx), the
+        cohort is retrieved and counted. :meth:`explain` says which.
+
+        Parameters
+        ----------
+        level : {"patient", "study", "series", "instance"}
+            Series and instances are always counted from the retrieved frame (the
+            ImagingStudy counts ``numberOfSeries``/``numberOfInstances`` are optional and
+            do not know which series a modality or body-site criterion keeps).
+
+        Raises
+        ------
+        InvalidQueryError
+            If *level* is not one of those.
+        """
+        if level != "patient":
+            level = check_level(level)
+        total = self._server_total(level)
+        if total is not None:
+            return total
         if level == "patient":
             return len(self.patients(progress=False))
         frame = self.studies(level=level, progress=False)
         return len(frame)
+
+    def _server_total(self, level: str) -> int | None:
+        """``Bundle.total`` of the plan's counting search, or None (count the frame)."""
+        query = self.plan().server_count(level)
+        if query.resource_type is None:
+            return None
+        try:
+            total = self.bridge.fhir.total(query.resource_type, query.params)
+        except FHIRError as error:
+            if error.status is None or not 400 <= error.status < 500:
+                raise
+            log.warning("%s; the cohort is retrieved and counted instead", error)
+            return None
+        if total is None:
+            log.info("%s gave no Bundle.total: the cohort is counted", query.resource_type)
+        return total
 
     def patients(self, *, executor: Executor | None = None, progress: bool = True) -> pd.DataFrame:
         """The cohort's patients: one row each (``patient_ref``, ``patient_id``, PatientID,
@@ -636,8 +692,9 @@ class _Execution:
 
     def run_patients(self) -> list[Resource]:
         plan = self.plan
-        imaging = bool(plan.study_checks) or bool(plan.study_params)
-        if imaging:
+        # Only imaging criteria ask for a study: patient criteria chained onto the study
+        # search (study_params) must not drop the patients without any study.
+        if plan.study_checks:
             result = self.run()
             keys = {reference_key(s.subject.reference) for s in result.collected.studies}
             return [

@@ -21,6 +21,13 @@ Whatever the server evaluated, every criterion that can be checked on the return
 resource is checked again by the client, so a server that is lenient (e.g. token case)
 or ignores a parameter cannot widen the result: the same cohort gives the same rows on
 any server.
+
+**Counting on the server.** :meth:`Plan.server_count` says when one search's
+``Bundle.total`` under ``_summary=count`` (R4 search §3.1.1.5.7) *is* the count of the
+cohort: when the cohort is a single Patient search (patients) or a single ImagingStudy
+search (studies), with no client-side join, and every client-side re-check is one the
+server's parameter already decides exactly (:data:`SERVER_EXACT`), so the re-check cannot
+drop a resource the server counted. Otherwise the cohort is downloaded and counted.
 """
 
 from __future__ import annotations
@@ -31,17 +38,24 @@ from dataclasses import dataclass, field
 from imagingkit.fhir.capabilities import Capabilities
 from imagingkit.fhir.client import Params
 from imagingkit.fhir.criteria import (
+    BirthDate,
+    BodySite,
     ConditionCode,
     Criterion,
+    Gender,
+    Modality,
     ObservationValue,
+    StudyUID,
 )
 
 __all__ = [
     "ID_BATCH",
     "MAX_ID_LIST",
     "PAGE_SIZE",
+    "SERVER_EXACT",
     "ClinicalQuery",
     "Plan",
+    "ServerCount",
     "make_plan",
     "with_count",
 ]
@@ -52,6 +66,24 @@ PAGE_SIZE = 500
 ID_BATCH = 40
 #: above this many patients, studies are searched without an id list and filtered locally.
 MAX_ID_LIST = 2000
+
+#: Criteria whose R4 search parameter accepts exactly the resources the client-side
+#: predicate accepts, on any conformant server, so the client's re-check never drops a
+#: resource the server matched:
+#:
+#: * ``gender``: codes of the required administrative-gender value set, all lower case;
+#: * ``birthdate``: a ``date`` element searched with whole dates, ranges compared as
+#:   R4 search §3.1.1.4.3 says (no time zone on either side);
+#: * ``modality`` / ``bodysite``: tokens whose codes have no case to be lenient about
+#:   (DICOM CS values are upper case, PS3.5 §6.2, and validated so; SNOMED CT codes are
+#:   digits) matched on ``series.modality`` / ``series.bodySite`` as the predicates do;
+#: * ``identifier`` of a Study UID: ``urn:dicom:uid|urn:oid:`` + digits and dots.
+#:
+#: Not in it: a patient identifier (token case sensitivity is the server's choice, R4
+#: search §3.1.1.4.10), ``started`` (a dateTime searched with dates: a server may read the
+#: bounds in its own time zone, R4 search §3.1.1.4.3, the client reads them in UTC), a
+#: description (no R4 parameter) and Observation values (two bounds on one Observation).
+SERVER_EXACT: tuple[type[Criterion], ...] = (Gender, BirthDate, Modality, BodySite, StudyUID)
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,70 @@ class Plan:
     @property
     def has_patient_step(self) -> bool:
         return self.patient_params is not None or bool(self.clinical)
+
+    def server_count(self, level: str) -> ServerCount:
+        """Whether the server can count the cohort's patients or studies exactly.
+
+        Parameters
+        ----------
+        level : {"patient", "study"}
+            Series and instances are never counted by the server: ``numberOfSeries`` and
+            ``numberOfInstances`` are optional, may disagree with the listed series, and
+            count series a modality or body-site criterion leaves out of the frame.
+
+        Returns
+        -------
+        ServerCount
+            The one search whose ``Bundle.total`` (``_summary=count``, R4 search
+            §3.1.1.5.7) equals ``len()`` of the cohort's frame, or why there is none.
+        """
+        exact = self._exact_checks
+        if level == "patient":
+            if self.study_checks:
+                return ServerCount(reason="patients with a matching study: joined by imagingkit")
+            if self.clinical:
+                return ServerCount(reason="Condition/Observation subjects joined by imagingkit")
+            if not exact(self.patient_checks):
+                return ServerCount(reason=self._why_not(self.patient_checks))
+            return ServerCount("Patient", self.patient_params or ())
+        if level == "study":
+            if self.restrict_by_patients:
+                return ServerCount(reason="studies restricted to patients found by another search")
+            if not exact((*self.patient_checks, *self.study_checks)):
+                return ServerCount(reason=self._why_not((*self.patient_checks, *self.study_checks)))
+            return ServerCount("ImagingStudy", self.study_params)
+        return ServerCount(
+            reason=f"{level}s: numberOfSeries/numberOfInstances are optional and ignore "
+            "series criteria, so the frame is counted"
+        )
+
+    def _exact_checks(self, criteria: Sequence[Criterion]) -> bool:
+        return all(
+            isinstance(c, SERVER_EXACT) and _server_side(self.capabilities, c) for c in criteria
+        )
+
+    def _why_not(self, criteria: Sequence[Criterion]) -> str:
+        inexact = [c.describe() for c in criteria if not self._exact_checks([c])]
+        return "checked by imagingkit, not decided exactly by the server: " + "; ".join(inexact)
+
+
+@dataclass(frozen=True)
+class ServerCount:
+    """The search that counts a cohort on the server, or the reason there is none.
+
+    Attributes
+    ----------
+    resource_type : str or None
+        ``"Patient"`` or ``"ImagingStudy"``; None when the cohort must be downloaded.
+    params : tuple
+        The search parameters (without ``_summary=count``).
+    reason : str
+        Why the server cannot count it (empty when it can).
+    """
+
+    resource_type: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
 
 
 def _server_side(caps: Capabilities, criterion: Criterion) -> bool:
