@@ -52,6 +52,7 @@ from imagingkit.fhir.criteria import (
     study_uids,
 )
 from imagingkit.fhir.endpoints import reference_key
+from imagingkit.fhir.fill_in import fill_in
 from imagingkit.fhir.flatten import (
     Collected,
     check_level,
@@ -411,9 +412,11 @@ class Cohort:
             criteria (modality, body site) themselves; ``False`` keeps every series of
             each matching study.
         executor : concurrent.futures.Executor, optional
-            Runs the batched searches (default: a thread pool of ``settings.concurrency``).
+            Runs the batched searches and the QIDO-RS fill-in of studies that list no
+            series (default: thread pools of ``settings.concurrency``); a
+            ``dask.distributed.Client`` runs the fill-in on its cluster.
         progress : bool
-            Show a progress bar (tqdm.auto) of the ImagingStudies received.
+            Show progress bars (tqdm.auto) of the ImagingStudies received and filled in.
 
         Returns
         -------
@@ -424,7 +427,7 @@ class Cohort:
         level = check_level(level)
         instances = level == "instance"
         result = self._execute(lambda run: run.run(instances=instances), executor, progress)
-        frame = self._frame(result, level, matching_series_only)
+        frame = self._frame(result, level, matching_series_only, executor, progress)
         frame.attrs["imagingkit"] = self.bridge.provenance(
             self, "studies", level, matching_series_only=matching_series_only
         )
@@ -481,8 +484,16 @@ class Cohort:
             )
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
-    def _frame(self, result: _Result, level: str, matching_series_only: bool) -> pd.DataFrame:
-        """The DataFrame of one run's resources, filled in by QIDO where studies lack series."""
+    def _frame(
+        self,
+        result: _Result,
+        level: str,
+        matching_series_only: bool,
+        executor: Executor | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """The DataFrame of one run's resources, filled in by QIDO-RS where studies lack
+        series (:func:`imagingkit.fhir.fill_in.fill_in`, concurrent on *executor*)."""
         series_filter = self._series_filter() if matching_series_only else None
         frame = studies_frame(
             result.collected,
@@ -490,8 +501,9 @@ class Cohort:
             dicomweb=self.bridge.dicomweb,
             series_filter=series_filter,
         )
-        if level != "study" and self.bridge.dicomweb_client_factory is not None:
-            frame = self.bridge.fill_in(frame, result.collected, level)
+        factory = self.bridge.dicomweb_client_factory
+        if level != "study" and factory is not None:
+            frame = fill_in(frame, level, factory, executor=executor, progress=progress)
         return frame
 
     def _series_filter(self) -> Callable[[SeriesBase], bool] | None:

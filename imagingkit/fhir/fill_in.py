@@ -5,19 +5,34 @@ index only studies leave them out. A series-level frame then has one row per suc
 with empty series columns; this module replaces that row by one row per series found by
 QIDO-RS at the study's DICOMweb location (and, at instance level, one row per instance),
 so the frame is the same as if the ImagingStudy had listed them.
+
+The studies are queried concurrently (DESIGN.md D2): on ``executor=`` when given (any
+:class:`concurrent.futures.Executor`, or a ``dask.distributed.Client``), else on a thread
+pool of ``Settings.concurrency`` workers, through the bulk runner of
+:mod:`imagingkit.dicomweb.bulk`. Each study is one task that returns plain records; the
+rows are put back in the frame's order whatever order the tasks finish in, so the frame
+is the one a sequential fill-in gives. A study whose server fails keeps its row as it was
+(DESIGN.md D9: nothing is lost) and is named in a logged warning.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
 from imagingkit.fhir.bodyparts import SNOMED_BY_BODY_PART
 from imagingkit.fhir.flatten import categorical
 
+if TYPE_CHECKING:
+    from imagingkit.dicomweb.client import DicomWebClient
+
 __all__ = ["fill_in", "split_study_url"]
+
+log = logging.getLogger("imagingkit.fhir")
 
 #: DICOM JSON tag (PS3.18 §F.2) → frame column
 _SERIES_TAGS = {
@@ -52,7 +67,23 @@ def _value(item: dict[str, Any], tag: str) -> Any:
     return value
 
 
-def fill_in(frame: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> pd.DataFrame:
+class _Study(NamedTuple):
+    """One row to expand: where its study is, and the series it names (if any)."""
+
+    client: DicomWebClient
+    base: str
+    study: str
+    series: str | None
+
+
+def fill_in(
+    frame: pd.DataFrame,
+    level: str,
+    client_for: Callable[..., Any],
+    *,
+    executor: Any = None,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Replace rows lacking series (or instances) by the rows QIDO-RS gives.
 
     Parameters
@@ -62,8 +93,19 @@ def fill_in(frame: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> 
     level : {"series", "instance"}
     client_for : callable
         ``client_for(base, requires_access_token=...)`` → a DICOMweb client.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Runs the QIDO-RS searches, one task per study (default: a thread pool of the
+        clients' ``Settings.concurrency``).
+    progress : bool
+        Show a progress bar of the studies queried.
 
-    Rows whose DICOMweb location is unknown, or whose server fails, are kept as they are.
+    Returns
+    -------
+    DataFrame
+        The rows in the frame's order, each study's series (and instances) in the order
+        its server lists them: the same frame whatever the executor. Rows whose DICOMweb
+        location is unknown, or whose server fails, are kept as they are (the failures
+        are logged as a warning naming each study URL).
     """
     column = "SOPInstanceUID" if level == "instance" else "SeriesInstanceUID"
     if column not in frame.columns:
@@ -71,12 +113,20 @@ def fill_in(frame: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> 
     todo = frame.index[frame[column].isna() & frame["dicomweb_url"].notna()]
     if len(todo) == 0:
         return frame
+    positions = [int(p) for p in frame.index.get_indexer(todo)]
+    studies: dict[int, _Study] = {}
+    for position in positions:
+        located = _locate(frame.iloc[position], client_for)
+        if located is not None:
+            studies[position] = located
+    found = _query_all(studies, level, executor, progress)
     pieces: list[pd.DataFrame] = []
     start = 0
-    positions = [int(p) for p in frame.index.get_indexer(todo)]
     for position in positions:
         pieces.append(frame.iloc[start:position])
-        pieces.append(_expand(frame.iloc[position : position + 1], level, client_for))
+        row = frame.iloc[position : position + 1]
+        records = found.get(position)
+        pieces.append(_expanded(row, records) if records else row)
         start = position + 1
     pieces.append(frame.iloc[start:])
     out = pd.concat(pieces, ignore_index=True)
@@ -89,44 +139,84 @@ def fill_in(frame: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> 
     return out
 
 
-def _expand(row: pd.DataFrame, level: str, client_for: Callable[..., Any]) -> pd.DataFrame:
-    url = str(row["dicomweb_url"].iloc[0])
-    located = split_study_url(url)
+def _locate(row: pd.Series, client_for: Callable[..., Any]) -> _Study | None:
+    """The client and UIDs of a row's study (None: its URL names no study)."""
+    located = split_study_url(str(row["dicomweb_url"]))
     if located is None:
-        return row
+        return None
     base, study = located
-    flag = row["dicomweb_requires_token"].iloc[0]
+    flag = row["dicomweb_requires_token"]
     client = client_for(base, requires_access_token=None if pd.isna(flag) else bool(flag))
-    try:
-        if pd.isna(row["SeriesInstanceUID"].iloc[0]):
-            found = client.search_series(study_uid=study, fields=list(_SERIES_TAGS))
-            series_rows = [{c: _value(item, t) for t, c in _SERIES_TAGS.items()} for item in found]
-        else:
-            series_rows = [{}]
-        records: list[dict[str, Any]] = []
-        for values in series_rows:
-            series_uid = values.get("SeriesInstanceUID") or row["SeriesInstanceUID"].iloc[0]
-            values = {**values, "dicomweb_url": f"{base}/studies/{study}/series/{series_uid}"}
-            if values.get("BodyPartExamined"):
-                codes = SNOMED_BY_BODY_PART.get(str(values["BodyPartExamined"]).upper())
-                values["body_site_code"] = codes[0] if codes else None
-            if level != "instance":
-                records.append(values)
-                continue
-            instances = client.search_instances(
-                study_uid=study, series_uid=series_uid, fields=list(_INSTANCE_TAGS)
-            )
-            for item in instances or [{}]:
-                extra = {c: _value(item, t) for t, c in _INSTANCE_TAGS.items()} if item else {}
-                if extra.get("SOPInstanceUID"):
-                    extra["dicomweb_url"] = (
-                        f"{values['dicomweb_url']}/instances/{extra['SOPInstanceUID']}"
-                    )
-                records.append({**values, **extra})
-    except Exception:
-        return row
-    if not records:
-        return row
+    series = row["SeriesInstanceUID"]
+    return _Study(client, base, study, None if pd.isna(series) else str(series))
+
+
+def _query_all(
+    studies: dict[int, _Study], level: str, executor: Any, progress: bool
+) -> dict[int, list[dict[str, Any]]]:
+    """Each study's records, by row position; failed studies are logged and left out."""
+    if not studies:
+        return {}
+    from imagingkit.dicomweb.bulk import run_bulk
+
+    keys = [str(p) for p in studies]
+    items = list(studies.values())
+    result = run_bulk(
+        functools.partial(_query, level),
+        items,
+        keys=keys,
+        urls=[f"{s.base}/studies/{s.study}" for s in items],
+        executor=executor,
+        progress=progress,
+        desc="QIDO-RS fill-in",
+        workers=max(s.client.settings.concurrency for s in items),
+    )
+    if not result.ok:
+        log.warning(
+            "QIDO-RS fill-in failed for %d of %d studies; their rows are kept without %s: %s",
+            len(result.failures),
+            len(items),
+            "instances" if level == "instance" else "series",
+            "; ".join(f"{row.url}: {row.error}" for row in result.failures.itertuples()),
+        )
+    return {int(key): records for key, records in result.results.items()}
+
+
+def _query(level: str, study: _Study) -> list[dict[str, Any]]:
+    """The series (and, at instance level, instance) records QIDO-RS gives for a study.
+
+    Runs on a worker: plain data in, plain data out.
+    """
+    client, base = study.client, study.base
+    if study.series is None:
+        found = client.search_series(study_uid=study.study, fields=list(_SERIES_TAGS))
+        series_rows = [{c: _value(item, t) for t, c in _SERIES_TAGS.items()} for item in found]
+    else:
+        series_rows = [{}]
+    records: list[dict[str, Any]] = []
+    for values in series_rows:
+        series_uid = values.get("SeriesInstanceUID") or study.series
+        values = {**values, "dicomweb_url": f"{base}/studies/{study.study}/series/{series_uid}"}
+        if values.get("BodyPartExamined"):
+            codes = SNOMED_BY_BODY_PART.get(str(values["BodyPartExamined"]).upper())
+            values["body_site_code"] = codes[0] if codes else None
+        if level != "instance":
+            records.append(values)
+            continue
+        instances = client.search_instances(
+            study_uid=study.study, series_uid=series_uid, fields=list(_INSTANCE_TAGS)
+        )
+        for item in instances or [{}]:
+            extra = {c: _value(item, t) for t, c in _INSTANCE_TAGS.items()} if item else {}
+            if extra.get("SOPInstanceUID"):
+                series_url = values["dicomweb_url"]
+                extra["dicomweb_url"] = f"{series_url}/instances/{extra['SOPInstanceUID']}"
+            records.append({**values, **extra})
+    return records
+
+
+def _expanded(row: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """*row* repeated once per record, each with the record's values."""
     expanded = pd.concat([row] * len(records), ignore_index=True)
     for name in {k for r in records for k in r}:
         values_list = [r.get(name, expanded[name].iloc[i]) for i, r in enumerate(records)]
