@@ -120,22 +120,34 @@ def fill_in(
         if located is not None:
             studies[position] = located
     found = _query_all(studies, level, executor, progress)
-    pieces: list[pd.DataFrame] = []
-    start = 0
-    for position in positions:
-        pieces.append(frame.iloc[start:position])
-        row = frame.iloc[position : position + 1]
-        records = found.get(position)
-        pieces.append(_expanded(row, records) if records else row)
-        start = position + 1
-    pieces.append(frame.iloc[start:])
-    out = pd.concat(pieces, ignore_index=True)
-    for name, dtype in frame.dtypes.items():
+    return _assemble(frame, found)
+
+
+def _assemble(frame: pd.DataFrame, found: dict[int, list[dict[str, Any]]]) -> pd.DataFrame:
+    """*frame* with row *p* replaced by one row per record of ``found[p]``, in one take
+    (a concat per study cost more than the QIDO-RS requests themselves), dtypes kept."""
+    take: list[int] = []
+    changes: dict[str, dict[int, Any]] = {}
+    for position in range(len(frame)):
+        for record in found.get(position) or [{}]:
+            for name, value in record.items():
+                changes.setdefault(name, {})[len(take)] = value
+            take.append(position)
+    out = frame.iloc[take].reset_index(drop=True)
+    for name, changed in changes.items():
+        column = out[name].astype(object).to_numpy(copy=True)
+        for row, value in changed.items():
+            column[row] = value
+        if name == "SeriesDate":
+            out[name] = pd.to_datetime(pd.Series(column, dtype=object), errors="coerce")
+        else:
+            out[name] = pd.Series(column, dtype=object)
+    for label, dtype in frame.dtypes.items():
         if isinstance(dtype, pd.CategoricalDtype):
-            values = out[name].astype(object)
-            out[name] = categorical(list(values.where(values.notna(), None)))
-        elif out[name].dtype != dtype:
-            out[name] = out[name].astype(dtype)
+            values = out[label].astype(object)
+            out[label] = categorical(list(values.where(values.notna(), None)))
+        elif out[label].dtype != dtype:
+            out[label] = out[label].astype(dtype)
     return out
 
 
@@ -213,15 +225,3 @@ def _query(level: str, study: _Study) -> list[dict[str, Any]]:
                 extra["dicomweb_url"] = f"{series_url}/instances/{extra['SOPInstanceUID']}"
             records.append({**values, **extra})
     return records
-
-
-def _expanded(row: pd.DataFrame, records: list[dict[str, Any]]) -> pd.DataFrame:
-    """*row* repeated once per record, each with the record's values."""
-    expanded = pd.concat([row] * len(records), ignore_index=True)
-    for name in {k for r in records for k in r}:
-        values_list = [r.get(name, expanded[name].iloc[i]) for i, r in enumerate(records)]
-        if name in ("SeriesDate",):
-            expanded[name] = pd.to_datetime(pd.Series(values_list, dtype=object), errors="coerce")
-        else:
-            expanded[name] = pd.Series(values_list, dtype=object)
-    return expanded
