@@ -128,7 +128,7 @@ def test_context_sync_in_jupyter_shares_its_hub(demo_jupyter: JupyterProcess) ->
     assert "PACS: received the notebook's selection: MRI BRAIN" in text
     assert "follow callback runs (unchanged): 3" in text
     assert "PACS exit status: 0" in text
-    assert "current study: None" in text
+    assert "current study: None" in text, text[-2000:]
 
 
 def test_build_a_cohort_starts_its_own_sandbox(
