@@ -39,6 +39,7 @@ __all__ = [
     "decode_instance",
     "instance_pixels",
     "modality_mapping",
+    "native_frames",
     "native_layout",
 ]
 
@@ -432,4 +433,72 @@ def instance_pixels(ds: Dataset | bytes) -> np.ndarray:
     dtype = mapping.output_dtype(decoded.pixels.dtype, decoded.bits_stored)
     out = np.empty(decoded.pixels.shape, dtype)
     mapping.apply(decoded.pixels, out)
+    return out
+
+
+# --------------------------------------------------------------------------- frames
+
+#: Photometric interpretations whose native frames are the values ``pixel_array`` gives
+#: (no colour-space conversion; PS3.3 C.7.6.3.1.2). YBR frames go through pydicom.
+_AS_SENT = frozenset({"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR"})
+
+
+def native_frames(payloads: list[bytes], header: dict[str, Any]) -> np.ndarray | None:
+    """Native frames (PS3.18 §10.4.1.1.4 ``application/octet-stream``) → numpy.
+
+    Each payload is one frame of uncompressed little-endian pixel data (PS3.5 §8.1.1,
+    as WADO-RS sends frames in Explicit VR Little Endian, PS3.18 §8.7.3.5.2), laid out by
+    *header* (the instance's DICOM JSON metadata). The Modality LUT is applied as
+    :func:`instance_pixels` applies it, so the frames equal that function's output (and
+    pydicom's ``pixel_array`` after the Modality LUT) for the same frames.
+
+    Parameters
+    ----------
+    payloads : list of bytes
+        The frames' pixel bytes, in order (a trailing pad byte is allowed).
+    header : dict
+        DICOM JSON of the instance (Rows, Columns, Bits Allocated/Stored, Pixel
+        Representation, Samples per Pixel, Planar Configuration, Photometric
+        Interpretation, Rescale Slope/Intercept).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(frames, rows, columns)``, with a trailing samples axis for colour; None when
+        these bytes cannot be read from the header alone (YBR colour, a Modality LUT
+        Sequence, signed values narrower than their container, bit-packed or
+        compressed data, a size that does not fit): decode the instance instead.
+    """
+    rows, columns = _first(header, "00280010"), _first(header, "00280011")
+    bits, stored = _first(header, "00280100"), _first(header, "00280101")
+    samples = int(_first(header, "00280002", 1) or 1)
+    signed = _first(header, "00280103", 0) == 1
+    photometric = str(_first(header, "00280004", "MONOCHROME2")).strip().upper()
+    if not rows or not columns or bits not in (8, 16, 32) or samples not in (1, 3):
+        return None
+    if photometric not in _AS_SENT or (header.get("00283000") or {}).get("Value"):
+        return None
+    if signed and stored and int(stored) < int(bits):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{int(bits) // 8}")
+    count = int(rows) * int(columns) * samples
+    if not payloads or any(not 0 <= len(p) - count * dtype.itemsize <= 1 for p in payloads):
+        return None
+    planar = _first(header, "00280006", 0) == 1
+    frames: list[np.ndarray] = []
+    for payload in payloads:
+        values = np.frombuffer(payload, dtype, count)
+        if samples == 1:
+            frames.append(values.reshape(int(rows), int(columns)))
+        elif planar:
+            frames.append(values.reshape(samples, int(rows), int(columns)).transpose(1, 2, 0))
+        else:
+            frames.append(values.reshape(int(rows), int(columns), samples))
+    stack = np.stack(frames)
+    decoded = DecodedInstance(stack, header, _EXPLICIT_LE)
+    if not decoded.grey:
+        return stack
+    mapping = modality_mapping(decoded)
+    out = np.empty(stack.shape, mapping.output_dtype(stack.dtype, decoded.bits_stored))
+    mapping.apply(stack, out)
     return out

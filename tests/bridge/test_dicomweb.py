@@ -244,7 +244,7 @@ def test_accessor_on_a_dask_cluster_download_and_frames(
         .studies(level="instance")
     )
     first = instances[instances["SeriesInstanceUID"] == one["SeriesInstanceUID"].iloc[0]].head(1)
-    frames = first.imaging.frames((1,))
+    frames = first.imaging.frames((1,), decode=False)
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    (payload,) = frames[first["SOPInstanceUID"].iloc[0]]
-    assert len(payload) == ds.Rows * ds.Columns * ds.BitsAllocated // 8
+    (part,) = frames[first["SOPInstanceUID"].iloc[0]]
+    assert len(part.payload) == ds.Rows * ds.Columns * ds.BitsAllocated // 8
