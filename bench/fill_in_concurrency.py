@@ -27,8 +27,8 @@ Run: ``.venv/bin/python bench/fill_in_concurrency.py [--studies 120] [--runs 3] 
 from __future__ import annotations
 
 import argparse
-import shutil
 import io
+import shutil
 import statistics
 import sys
 import tempfile
