@@ -185,7 +185,7 @@ class ImagingAccessor:
         per instance on *executor* (DESIGN.md D2); instances that fail are listed in
         ``result.failures`` and the others returned (D9).
 
-        .. versionchanged:: 0.2
+        .. versionchanged:: 0.1.0 (unreleased)
            Frames are decoded to numpy by default; ``decode=False`` gives what this
            method returned before (the raw bytes), now with their media types.
 
