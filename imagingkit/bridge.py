@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from imagingkit.fhir.capabilities import Capabilities
     from imagingkit.fhir.client import FhirClient
     from imagingkit.fhir.cohort import Cohort
-    from imagingkit.fhir.flatten import Collected
     from imagingkit.subscriptions.live import LiveFrame
 
 __all__ = ["PROVENANCE_FORMAT", "Bridge", "connect", "from_provenance", "live_bridge"]
@@ -190,12 +189,6 @@ class Bridge:
     def dicomweb_client_factory(self) -> Any:
         """The factory QIDO fill-in uses, or None when fill-in is off."""
         return self.dicomweb_client if self.fill_in_enabled else None
-
-    def fill_in(self, frame: pd.DataFrame, collected: Collected, level: str) -> pd.DataFrame:
-        """Fill series (and instances) the ImagingStudies did not list, by QIDO-RS."""
-        from imagingkit.fhir.fill_in import fill_in
-
-        return fill_in(frame, level, self.dicomweb_client)
 
     # -- provenance ---------------------------------------------------------------------
 
