@@ -7,6 +7,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
@@ -37,7 +38,12 @@ class Cohort:
 def _write_cohort(root: Path) -> Cohort:
     s1, s2, s3, s4 = (_uid() for _ in range(4))
     s1_ct, s1_mr, s2_mr, s3_ct, s4_ot = (_uid() for _ in range(5))
-    common = {"ConvolutionKernel": "B70f"}
+    # not indexed: an instance-, a study- and a series-level attribute (PS3.3 A.1.2)
+    common = {
+        "ConvolutionKernel": "B70f",
+        "AdditionalPatientHistory": "ex-smoker",
+        "OperatorsName": "Op^One",
+    }
     datasets = [
         *(
             make_instance(study=s1, series=s1_ct, instance_number=n, series_number=1, **common)
@@ -264,6 +270,61 @@ def test_date_and_time_range_matching(server: StoreServer, cohort: Cohort) -> No
     assert studies(server, PatientBirthDate="19700101") == studies(server)
 
 
+def test_date_and_time_together_match_as_one_date_time(server: StoreServer, cohort: Cohort) -> None:
+    """PS3.4 C.2.2.2.5.1 combined date-time range matching (asked of QIDO by PS3.18 §8.3.4.1).
+
+    s3 is 2019-12-31 23:59:59, s4 2020-01-01 without a time, s1 2020-01-15 10:15:00.
+    """
+    # over midnight: matching each attribute alone would find nothing here
+    assert studies(server, StudyDate="20191231-20200101", StudyTime="2300-0100") == [
+        cohort.s3,
+        cohort.s4,  # no time: some moment of its day lies in the range
+    ]
+    assert studies(server, StudyDate="20191231-20200115", StudyTime="235959.5-1015") == [
+        cohort.s4,
+        cohort.s1,  # 10:15 covers 10:15:00–10:15:59.999999
+    ]
+    assert studies(server, StudyDate="20200115-", StudyTime="1016-") == [cohort.s2]
+    assert studies(server, StudyDate="20200115-", StudyTime="1015-") == [cohort.s1, cohort.s2]
+    assert studies(server, StudyDate="-20200115", StudyTime="-1014") == [cohort.s3, cohort.s4]
+    assert studies(server, StudyDate="20200115", StudyTime="10") == [cohort.s1]
+    assert studies(server, StudyDate="20200115", StudyTime="11") == []
+    by_tag = raw_get(server, "/studies?00080020=20191231-20200101&00080030=2300-0100")
+    assert values(by_tag.json(), "0020000D") == [cohort.s3, cohort.s4]
+    # a universal time leaves the date to ordinary range matching
+    assert studies(server, StudyDate="20191231-20200101", StudyTime="*") == [cohort.s3, cohort.s4]
+    series = get(server, "/series", SeriesDate="20191231-20200101", SeriesTime="2300-0100").json()
+    assert values(series, "0020000D") == [cohort.s3, cohort.s4]  # no SeriesTime: whole day
+    items = get(server, "/studies", StudyDate="20200115", StudyTime="10").json()
+    assert items[0]["00080030"]["Value"] == ["101500"]  # matching keys come back
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"StudyDate": "20200102", "StudyTime": "2300-0100"}, "StudyTime"),
+        ({"StudyDate": "20200102-20200101", "StudyTime": "10"}, "StudyDate"),
+        ({"StudyDate": "2020-01-01", "StudyTime": "10"}, "StudyDate"),
+        ({"StudyDate": "20200101", "StudyTime": "25"}, "StudyTime"),
+        ({"StudyDate": "20200101-", "StudyTime": "1x"}, "StudyTime"),
+        ({"SeriesDate": "20200101--", "SeriesTime": "10"}, "SeriesDate"),
+        (
+            {"StudyDate": "20200101,20200102", "StudyTime": "10", "multiplevaluematching": "true"},
+            "StudyDate",
+        ),
+    ],
+)
+def test_malformed_combined_date_times_get_400_naming_the_value(
+    server: StoreServer, params: dict[str, str], named: str
+) -> None:
+    response = get(server, "/studies", **params)
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    detail = response.json()["detail"]
+    assert named in detail
+    assert params[named][:8] in detail
+
+
 def test_lower_level_keys_filter_higher_levels(server: StoreServer, cohort: Cohort) -> None:
     assert studies(server, Modality="MR") == [cohort.s1, cohort.s2]
     assert studies(server, ModalitiesInStudy="MR") == [cohort.s1, cohort.s2]
@@ -324,6 +385,46 @@ def test_includefield_all_returns_the_whole_instance_header(
     assert first["00181210"]["Value"] == ["B70f"]  # ConvolutionKernel: not indexed
     assert first["00280101"]["Value"] == [12]  # BitsStored
     assert "7FE00010" not in first  # no bulk data in QIDO
+
+
+def test_includefield_all_at_study_and_series_level_returns_the_level_attributes(
+    server: StoreServer, cohort: Cohort
+) -> None:
+    """PS3.18 §8.3.4.3 / Tables 10.6.3-3 and -4: all attributes of the level, from the files."""
+    plain = get(server, "/studies", StudyInstanceUID=cohort.s1).json()[0]
+    (study,) = get(server, "/studies", StudyInstanceUID=cohort.s1, includefield="all").json()
+    assert "001021B0" not in plain  # not a default return attribute
+    assert study["001021B0"]["Value"] == ["ex-smoker"]  # AdditionalPatientHistory (Patient Study)
+    assert study["00080062"]["Value"]  # SOPClassesInStudy is computed
+    for lower in ("00181210", "00081070", "00080018", "00280010"):  # kernel, operator, SOP, Rows
+        assert lower not in study, lower
+    assert set(plain) <= set(study)
+    (series,) = get(
+        server, f"/studies/{cohort.s1}/series", SeriesInstanceUID=cohort.s1_ct, includefield="all"
+    ).json()
+    assert series["00081070"]["Value"] == [{"Alphabetic": "Op^One"}]  # OperatorsName
+    assert series["001021B0"]["Value"] == ["ex-smoker"]  # the study's, above
+    assert "00181210" not in series and "00080018" not in series
+    named = get(
+        server, "/studies", StudyInstanceUID=cohort.s1, includefield="all,ConvolutionKernel"
+    ).json()[0]
+    assert named["00181210"]["Value"] == ["B70f"]  # named explicitly: still returned
+
+
+def test_includefield_all_reads_a_changed_file_again(tmp_path: Path) -> None:
+    study, series = _uid(), _uid()
+    (path,) = write_instances(
+        tmp_path / "root",
+        [make_instance(study=study, series=series, AdditionalPatientHistory="first")],
+    )
+    with StoreServer(tmp_path / "root", tmp_path / "data") as server:
+        first = get(server, "/studies", includefield="all").json()[0]
+        assert first["001021B0"]["Value"] == ["first"]
+        ds = pydicom.dcmread(path)
+        ds.AdditionalPatientHistory = "second, longer"
+        ds.save_as(path, enforce_file_format=True)
+        again = get(server, "/studies", includefield="all").json()[0]
+        assert again["001021B0"]["Value"] == ["second, longer"]
 
 
 def test_includefield_survives_a_file_that_vanished_after_indexing(tmp_path: Path) -> None:

@@ -12,6 +12,16 @@ Query parameters (PS3.18 §8.3.4)
         * UI: a list of UIDs separated by ``,`` or ``\\`` (list of UID matching);
         * DA and TM: a single value or a range ``a-b``, ``-b``, ``a-`` (range matching); a
           time with fewer components covers its whole span (``14`` is 14:00:00–14:59:59.999999);
+        * a date and its time given together (``StudyDate`` with ``StudyTime``, and likewise
+          ``SeriesDate``/``SeriesTime``, ``PerformedProcedureStepStartDate``/``…Time``,
+          ``ContentDate``/``ContentTime``, ``AcquisitionDate``/``AcquisitionTime``) match as
+          one date-time (combined date-time range matching, PS3.4 C.2.2.2.5.1, which
+          PS3.18 §8.3.4.1 asks of origin servers): ``StudyDate=20200101-20200102&
+          StudyTime=2300-0100`` is 2020-01-01 23:00 up to 2020-01-02 01:00:59.999999. Each
+          time bound belongs to the date bound on its side (a missing one is the start or
+          the end of that day); a bound without a date has no effect. An entity without a
+          time matches when any moment of its date lies in the range. A range that ends
+          before it starts is refused with 400;
         * PN: literal or ``*``/``?`` wildcard matching, insensitive to case and to trailing
           empty components (PS3.4 allows this for PN);
         * IS, US and other numbers: equality;
@@ -28,8 +38,14 @@ Query parameters (PS3.18 §8.3.4)
         alternatives.
     ``includefield``
         Keywords or tags, repeated or comma-separated, or ``all`` (at most
-        :data:`MAX_INCLUDEFIELDS`). ``all`` returns every attribute the index holds for the
-        level (for instances: the whole header, without bulk data).
+        :data:`MAX_INCLUDEFIELDS`). ``all`` returns all available attributes of the level
+        (PS3.18 §8.3.4.3, Tables 10.6.3-3 to -5): for instances the whole header without
+        bulk data; for studies and series the attributes of :data:`LEVEL_ATTRIBUTES`
+        (the modules of the Patient and Study, or the Series, Equipment and Frame of
+        Reference information entities, PS3.3 A.1.2) as one representative file of the
+        study or series holds them (its first instance), with those of the levels above.
+        Representative headers are cached per file version; searches without
+        ``includefield`` never read a file.
     ``fuzzymatching=true``
         Person names then also match when each word of the query starts a name component,
         case-insensitively (``smi jo`` matches ``Smith^John``).
@@ -54,6 +70,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,11 +92,14 @@ from imagingkit.sandbox.dicom_index import (
     normalize_date,
     normalize_time,
 )
+from imagingkit.sandbox.stored_instance import FileCache
 from imagingkit.server.app import RouteList
 from imagingkit.server.base import BaseHandler, HTTPProblem
 from imagingkit.uids import is_valid_uid
 
 __all__ = [
+    "DATE_TIME_PAIRS",
+    "LEVEL_ATTRIBUTES",
     "MAX_INCLUDEFIELDS",
     "QidoQuery",
     "QidoResult",
@@ -136,6 +157,108 @@ _NUMBER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "SV", "UV"})
 _FLOAT_VRS = frozenset({"DS", "FL", "FD"})
 
 JSON_TYPES = ("application/dicom+json", "application/json")
+
+
+def _module_tags(*keywords: str) -> frozenset[int]:
+    return frozenset(int(pydicom.datadict.tag_for_keyword(k) or 0) for k in keywords) - {0}
+
+
+#: The attributes ``includefield=all`` returns at the study and series levels: the
+#: modules of the information entities at that level of the query model (PS3.3 A.1.2,
+#: PS3.4 C.6.1.1.2–C.6.1.1.4), and Timezone Offset From UTC (PS3.18 Table 10.6.3-3/-4).
+LEVEL_ATTRIBUTES: dict[str, frozenset[int]] = {
+    "study": _module_tags(
+        # Patient (PS3.3 C.7.1.1)
+        *("PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence"),
+        *("TypeOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex"),
+        *("PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar"),
+        *("PatientAlternativeCalendar", "ReferencedPatientPhotoSequence", "QualityControlSubject"),
+        *("ReferencedPatientSequence", "OtherPatientIDs", "OtherPatientIDsSequence"),
+        *("OtherPatientNames", "EthnicGroup", "EthnicGroupCodeSequence", "PatientComments"),
+        *("PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription"),
+        *("PatientBreedCodeSequence", "BreedRegistrationSequence", "StrainDescription"),
+        *("StrainNomenclature", "StrainCodeSequence", "StrainAdditionalInformation"),
+        *("StrainStockSequence", "GeneticModificationsSequence", "ResponsiblePerson"),
+        *("ResponsiblePersonRole", "ResponsibleOrganization", "PatientIdentityRemoved"),
+        *("DeidentificationMethod", "DeidentificationMethodCodeSequence"),
+        *("SourcePatientGroupIdentificationSequence", "GroupOfPatientsIdentificationSequence"),
+        # Clinical Trial Subject (C.7.1.3)
+        *("ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName"),
+        *("ClinicalTrialSiteID", "ClinicalTrialSiteName", "ClinicalTrialSubjectID"),
+        *("ClinicalTrialSubjectReadingID", "ClinicalTrialProtocolEthicsCommitteeName"),
+        "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+        # General Study (C.7.2.1)
+        *("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName"),
+        *("ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName"),
+        *("ConsultingPhysicianIdentificationSequence", "StudyID", "AccessionNumber"),
+        *("IssuerOfAccessionNumberSequence", "StudyDescription", "PhysiciansOfRecord"),
+        *("PhysiciansOfRecordIdentificationSequence", "NameOfPhysiciansReadingStudy"),
+        *("PhysiciansReadingStudyIdentificationSequence", "RequestingServiceCodeSequence"),
+        *("ReferencedStudySequence", "ProcedureCodeSequence"),
+        "ReasonForPerformedProcedureCodeSequence",
+        # Patient Study (C.7.2.2)
+        *("AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge"),
+        *("PatientSize", "PatientWeight", "PatientBodyMassIndex", "MeasuredAPDimension"),
+        *("MeasuredLateralDimension", "PatientSizeCodeSequence", "MedicalAlerts", "Allergies"),
+        *("SmokingStatus", "PregnancyStatus", "LastMenstrualDate", "PatientState"),
+        *("Occupation", "AdditionalPatientHistory", "AdmissionID", "IssuerOfAdmissionIDSequence"),
+        *("ServiceEpisodeID", "IssuerOfServiceEpisodeIDSequence", "ServiceEpisodeDescription"),
+        *("PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence"),
+        # Clinical Trial Study (C.7.2.3)
+        *("ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription"),
+        *("ConsentForClinicalTrialUseSequence", "TimezoneOffsetFromUTC"),
+    ),
+    "series": _module_tags(
+        # General Series (C.7.3.1)
+        *("Modality", "SeriesInstanceUID", "SeriesNumber", "Laterality", "SeriesDate"),
+        *("SeriesTime", "PerformingPhysicianName", "PerformingPhysicianIdentificationSequence"),
+        *("ProtocolName", "SeriesDescription", "SeriesDescriptionCodeSequence", "OperatorsName"),
+        *("OperatorIdentificationSequence", "ReferencedPerformedProcedureStepSequence"),
+        *("RelatedSeriesSequence", "BodyPartExamined", "PatientPosition"),
+        *("SmallestPixelValueInSeries", "LargestPixelValueInSeries", "RequestAttributesSequence"),
+        *("PerformedProcedureStepID", "PerformedProcedureStepStartDate"),
+        *("PerformedProcedureStepStartTime", "PerformedProcedureStepEndDate"),
+        *("PerformedProcedureStepEndTime", "PerformedProcedureStepDescription"),
+        *("PerformedProtocolCodeSequence", "CommentsOnThePerformedProcedureStep"),
+        *("AnatomicalOrientationType", "TreatmentSessionUID", "TimezoneOffsetFromUTC"),
+        # Clinical Trial Series (C.7.3.2)
+        *("ClinicalTrialCoordinatingCenterName", "ClinicalTrialSeriesID"),
+        "ClinicalTrialSeriesDescription",
+        # PET Series (C.8.9.1), the series module of a modality that has one
+        *("SeriesType", "Units", "CountsSource", "ReprojectionMethod", "SUVType"),
+        *("RandomsCorrectionMethod", "AttenuationCorrectionMethod", "DecayCorrection"),
+        *("ReconstructionMethod", "ScatterCorrectionMethod", "CorrectedImage"),
+        # Frame of Reference (C.7.4.1) and Synchronization (C.7.4.2)
+        *("FrameOfReferenceUID", "PositionReferenceIndicator"),
+        *("SynchronizationFrameOfReferenceUID", "SynchronizationTrigger"),
+        *("TriggerSourceOrType", "SynchronizationChannel", "AcquisitionTimeSynchronized"),
+        *("TimeSource", "TimeDistributionProtocol", "NTPSourceAddress"),
+        # General Equipment (C.7.5.1) and SC Equipment (C.8.6.1)
+        *("Manufacturer", "InstitutionName", "InstitutionAddress", "StationName"),
+        *("InstitutionalDepartmentName", "InstitutionalDepartmentTypeCodeSequence"),
+        *("ManufacturerModelName", "ManufacturerDeviceClassUID", "DeviceSerialNumber"),
+        *("SoftwareVersions", "GantryID", "UDISequence", "DeviceUID", "SpatialResolution"),
+        *("DateOfLastCalibration", "TimeOfLastCalibration", "PixelPaddingValue"),
+        *("ConversionType", "SecondaryCaptureDeviceID", "SecondaryCaptureDeviceManufacturer"),
+        "SecondaryCaptureDeviceManufacturerModelName",
+        *("SecondaryCaptureDeviceSoftwareVersions", "VideoImageFormatAcquired"),
+        "DigitalImageFormatAcquired",
+    ),
+}
+#: representative headers kept per index (``includefield`` beyond the index's columns)
+_HEADER_CACHE_SIZE = 512
+_header_caches: weakref.WeakKeyDictionary[DicomIndex, FileCache[DicomJson]] = (
+    weakref.WeakKeyDictionary()
+)
+_header_caches_lock = threading.Lock()
+
+
+def _header_cache(index: DicomIndex) -> FileCache[DicomJson]:
+    with _header_caches_lock:
+        cache = _header_caches.get(index)
+        if cache is None:
+            cache = _header_caches[index] = FileCache(_HEADER_CACHE_SIZE)
+        return cache
 
 
 # --------------------------------------------------------------------------- attributes
@@ -301,8 +424,11 @@ def parse_query(
     else:
         query.limit = limit
     _parse_includefields(args.get("includefield", []), query)
+    combined = _combined_date_times(args, query, multiple)
     for name, values in args.items():
         if name in _CONTROL_PARAMETERS or name.lower() in _CONTROL_PARAMETERS:
+            continue
+        if name in combined:
             continue
         attribute = resolve_attribute(name, name)
         for value in values:
@@ -399,6 +525,12 @@ class _Target:
             return f"{{t}}.{self.column} {op} ?", [value]
         return self.each_value(f"{transform} {op} ?"), [value]
 
+    def expression(self, normalizer: str) -> str:
+        """SQL for the attribute's (first) value, normalized like its column would be."""
+        if self.column is not None:
+            return f"{{t}}.{self.column}"
+        return f"{normalizer}(json_extract({{t}}.attrs, '$.\"{self.key}\".Value[0]'))"
+
     def match_in(self, values: list[str]) -> tuple[str, list[Any]]:
         marks = ", ".join("?" * len(values))
         if self.column is not None:
@@ -490,6 +622,108 @@ def _range(attribute: Attribute, target: _Target, value: str, raw: str) -> tuple
     if not sep:
         return target.compare("GLOB", low_text + "*")
     return target.between(low_text or None, (high_text + "\uffff") if high_text else None, "value")
+
+
+#: date and time attributes matched together as one date-time when both are given
+#: (PS3.4 C.2.2.2.5.1); each pair lives on one level of the index
+DATE_TIME_PAIRS: tuple[tuple[str, str], ...] = (
+    ("StudyDate", "StudyTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+    ("ContentDate", "ContentTime"),
+    ("AcquisitionDate", "AcquisitionTime"),
+)
+_DAY_START = "000000.000000"
+_DAY_END = "235959.999999"
+
+
+def _combined_date_times(
+    args: Mapping[str, Sequence[str]], query: QidoQuery, multiple: bool
+) -> set[str]:
+    """Add a combined date-time condition for each date/time pair given together.
+
+    Returns the parameter names consumed (their attributes are returned as matching keys).
+    A pair where either value is universal (empty or ``*``), or either is repeated, is
+    left to ordinary matching of each attribute.
+    """
+    named: dict[int, tuple[str, str]] = {}
+    for name, values in args.items():
+        if name in _CONTROL_PARAMETERS or name.lower() in _CONTROL_PARAMETERS or len(values) != 1:
+            continue
+        head = name.strip()
+        tag = int(head, 16) if _TAG_TEXT.match(head) else pydicom.datadict.tag_for_keyword(head)
+        if tag is not None:
+            named[int(tag)] = (name, values[0].strip())
+    consumed: set[str] = set()
+    for date_keyword, time_keyword in DATE_TIME_PAIRS:
+        date_attr = resolve_attribute(date_keyword, date_keyword)
+        time_attr = resolve_attribute(time_keyword, time_keyword)
+        if date_attr.tag not in named or time_attr.tag not in named:
+            continue
+        (date_name, date_value), (time_name, time_value) = (
+            named[date_attr.tag],
+            named[time_attr.tag],
+        )
+        if date_value in ("", "*") or time_value in ("", "*"):
+            continue
+        if multiple and any(c in date_value + time_value for c in ",\\"):
+            raise InvalidQueryError(
+                f"{date_name}={date_value[:40]!r} with {time_name}={time_value[:40]!r}: "
+                "combined date-time matching takes one value or range each, not a list "
+                "(PS3.4 C.2.2.2.5.1)"
+            )
+        query.conditions.append(_combined_condition(date_attr, date_value, time_attr, time_value))
+        query.include.update((date_attr.tag, time_attr.tag))
+        consumed.update((date_name, time_name))
+    return consumed
+
+
+def _bounds(attribute: Attribute, value: str) -> tuple[str | None, str | None]:
+    """The (low, high) normalized bounds of a DA or TM value or range (None: open)."""
+    name = attribute.keyword
+    low_text, sep, high_text = value.partition("-")
+    if "-" in high_text or (sep and not low_text and not high_text):
+        raise InvalidDateError(
+            f"{name}={value[:80]!r} is not a {attribute.vr} value or range (PS3.4 C.2.2.2.5)"
+        )
+    if not sep:
+        high_text = low_text
+    if attribute.vr == "DA":
+        low = _date(low_text, name, value) if low_text else None
+        high = _date(high_text, name, value) if high_text else None
+    else:
+        low = _time(low_text, name, value, upper=False) if low_text else None
+        high = _time(high_text, name, value, upper=True) if high_text else None
+    return low, high
+
+
+def _combined_condition(
+    date_attr: Attribute, date_value: str, time_attr: Attribute, time_value: str
+) -> _Condition:
+    """Combined date-time range matching of one date/time pair (PS3.4 C.2.2.2.5.1)."""
+    date_low, date_high = _bounds(date_attr, date_value)
+    time_low, time_high = _bounds(time_attr, time_value)
+    low = date_low + (time_low or _DAY_START) if date_low else None
+    high = date_high + (time_high or _DAY_END) if date_high else None
+    if low is not None and high is not None and low > high:
+        raise InvalidDateError(
+            f"{date_attr.keyword}={date_value[:40]!r} with {time_attr.keyword}="
+            f"{time_value[:40]!r}: the combined date-time range ends before it starts "
+            f"({low[:8]} {low[8:14]} > {high[:8]} {high[8:14]}); a range over midnight "
+            "needs a date range (PS3.4 C.2.2.2.5.1)"
+        )
+    date_target, time_target = _target(date_attr), _target(time_attr)
+    day = date_target.expression("ik_date")
+    moment = time_target.expression("ik_time")
+    tests = [f"{day} IS NOT NULL"]
+    params: list[Any] = []
+    if low is not None:  # some moment of the entity's date, or its time, is not before low
+        tests.append(f"{day} || COALESCE({moment}, '{_DAY_END}') >= ?")
+        params.append(low)
+    if high is not None:
+        tests.append(f"{day} || COALESCE({moment}, '{_DAY_START}') <= ?")
+        params.append(high)
+    return _Condition(date_target.level, "(" + " AND ".join(tests) + ")", params)
 
 
 def _date(text: str, name: str, raw: str) -> str:
@@ -721,6 +955,10 @@ class _ResultBuilder:
         held = frozenset().union(*(LEVEL_TAGS[lv] for lv in self.levels))
         self.from_file = {t for t in query.include if t not in held and t not in _COMPUTED}
         self.whole_header = query.include_all and level == "instance"
+        if query.include_all and level != "instance":  # the levels' full sets (PS3.3 A.1.2)
+            every = frozenset().union(*(LEVEL_ATTRIBUTES[lv] for lv in self.levels))
+            self.from_file |= {t for t in every if t not in held and t not in _COMPUTED}
+        self.wanted_keys = frozenset(f"{t:08X}" for t in self.from_file)
         self.fragments: dict[tuple[str, str], str] = {}  # rows share studies and series
 
     def _fragment(self, row: Any, lv: str) -> str:
@@ -789,31 +1027,33 @@ class _ResultBuilder:
         return {"vr": "UI", "Value": values} if values else {"vr": "UI"}
 
     def _from_file(self, row: Any, exclude: set[int]) -> DicomJson:
-        """Attributes only the file's header has (includefield beyond the index)."""
+        """Attributes only the file's header has (includefield beyond the index).
+
+        An instance's own file, or the representative file of a study or series: its
+        first instance in series and instance order. Headers are cached per file version.
+        """
         level = self.query.level
-        if level == "instance":
-            sop = row["sop_uid"]
-        else:
-            key = _KEY[level]
-            first = self.index.query(
-                "SELECT i.sop_uid FROM instances i JOIN series se ON se.series_uid = i.series_uid "
-                f"WHERE i.{key} = ? ORDER BY se.series_number, se.series_uid, i.instance_number, "
-                "i.sop_uid LIMIT 1",
-                (row[key],),
-            )
-            if not first:
-                return {}
-            sop = first[0][0]
+        key = _KEY[level]
+        found = self.index.query(
+            "SELECT i.sop_uid, i.path FROM instances i JOIN series se "
+            f"ON se.series_uid = i.series_uid WHERE i.{key} = ? ORDER BY se.series_number, "
+            "se.series_uid, i.instance_number, i.sop_uid LIMIT 1",
+            (row[key],),
+        )
+        if not found:
+            return {}
+        sop, path = found[0]
         try:
-            header = self.index.header(sop) or {}
-        except InvalidDICOMError as exc:  # the file changed since it was indexed
+            header = _header_cache(self.index).load(
+                self.index.root / path, lambda _: self.index.header(sop) or {}
+            )
+        except InvalidDICOMError as exc:  # the file changed or vanished since it was indexed
             log.warning("includefield: cannot read the header of %s: %s", sop, exc)
             return {}
         skip = {f"{t:08X}" for t in exclude | set(_COMPUTED)}
         if self.whole_header:
             return {k: v for k, v in header.items() if k not in skip}
-        wanted = {f"{t:08X}" for t in self.from_file}
-        return {k: v for k, v in header.items() if k in wanted and k not in skip}
+        return {k: v for k, v in header.items() if k in self.wanted_keys and k not in skip}
 
 
 # --------------------------------------------------------------------------- HTTP
