@@ -108,7 +108,7 @@ def test_unknown_type_and_path(base: str) -> None:
     outcome(requests.post(f"{base}/Spaceship", json={"resourceType": "Spaceship"}, timeout=30), 404)
     outcome(requests.get(f"{base}/Patient/1/_history/1/extra", timeout=30), 404)
     outcome(requests.get(f"{base}/lowercase", timeout=30), 404)
-    response = requests.patch(f"{base}/Patient/1", json={}, timeout=30)
+    response = requests.patch(f"{base}/_history", json=[], timeout=30)
     assert response.status_code == 405
     assert response.json()["resourceType"] == "OperationOutcome"
 

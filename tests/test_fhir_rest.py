@@ -84,12 +84,17 @@ def test_capability_statement_lists_exactly_what_is_served(base: str) -> None:
     assert statement["implementation"]["url"] == base
     rest = statement["rest"][0]
     assert [r["type"] for r in rest["resource"]] == list(RESOURCE_TYPES)
-    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {
+        "transaction",
+        "batch",
+        "history-system",
+        "search-system",
+    }
     for resource in rest["resource"]:
         names = [p["name"] for p in resource["searchParam"]]
         assert sorted(names) == sorted([*COMMON_PARAMETERS, *SEARCH_PARAMETERS[resource["type"]]])
         assert {i["code"] for i in resource["interaction"]} == {
-            "read", "vread", "update", "delete", "history-instance", "history-type",
+            "read", "vread", "update", "patch", "delete", "history-instance", "history-type",
             "create", "search-type",
         }  # fmt: skip
         assert resource["versioning"] == "versioned-update" and resource["updateCreate"]

@@ -16,8 +16,14 @@ Following R4 http §3.1.0.11.2:
 4. references must then resolve: to a resource in the store or written by the same
    transaction (a ``urn:uuid`` that names no entry, or ``Patient/x`` that does not exist,
    is a 400 and nothing is written);
-5. entries run in the order DELETE, POST, PUT, GET; two entries may not write the same
-   resource.
+5. entries run in the order DELETE, POST, PUT/PATCH, GET; two entries may not write the
+   same resource.
+
+PATCH entries (R4 http.html "patch" and "transaction"): ``request.url`` is ``Type/id`` or
+``Type?criteria`` (conditional patch: no match → 404, several → 412), and the resource is
+a ``Binary`` with ``contentType`` ``application/json-patch+json`` whose ``data`` is the
+base64 JSON Patch (:func:`.patch.json_patch_from_binary`). References the patch writes go
+through step 3 like those of a PUT. FHIRPath Patch (a ``Parameters`` resource) is refused.
 
 The response (``transaction-response``) has one entry per request entry, in the same
 order, with ``response.status``/``location``/``etag``/``lastModified`` and, unless
@@ -41,6 +47,7 @@ from urllib.parse import urlsplit
 from imagingkit.errors import FHIRError, ImagingKitError, InvalidInputError
 from imagingkit.sandbox.fhir.interactions import Interactions, Response, status_line
 from imagingkit.sandbox.fhir.outcome import fhir_error, outcome_for
+from imagingkit.sandbox.fhir.patch import JSON_PATCH, json_patch_from_binary
 from imagingkit.sandbox.fhir.references import TYPE_RE, check_id, iter_references, parse_reference
 from imagingkit.sandbox.fhir.repository import check_type
 from imagingkit.sandbox.fhir.representation import BaseUrls
@@ -63,6 +70,7 @@ class _Entry:
     if_none_exist: str | None = None
     if_match: str | None = None
     reuse: Any = None  # an existing Stored for a conditional create that matched
+    operations: Any = None  # the JSON Patch of a PATCH entry
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,11 +85,9 @@ def _parse_entry(index: int, raw: Any, *, copy: bool = True) -> _Entry:
     url = request.get("url")
     if method not in _ORDER or not isinstance(url, str) or not url:
         raise InvalidInputError(
-            f"{where}.request needs a method (GET, POST, PUT, DELETE) and a url; got "
+            f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url; got "
             f"{method!r} {url!r}"
         )
-    if method == "PATCH":
-        raise fhir_error(405, f"{where}: PATCH is not supported by this server")
     entry = _Entry(index, method, url)
     entry.full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
     entry.if_none_exist = request.get("ifNoneExist")
@@ -92,6 +98,8 @@ def _parse_entry(index: int, raw: Any, *, copy: bool = True) -> _Entry:
             raise InvalidInputError(f"{where} ({method} {url}) has no resource")
         # references are rewritten in place: work on a private copy of a caller's dict
         entry.resource = json.loads(json.dumps(resource)) if copy else resource
+    if method == "PATCH":
+        entry.operations = _patch_of(raw.get("resource"), where)
     if method == "GET" or method == "HEAD":
         return entry
     parts = urlsplit(url)
@@ -103,7 +111,7 @@ def _parse_entry(index: int, raw: Any, *, copy: bool = True) -> _Entry:
         entry.query = parts.query
     if method == "POST" and len(path) != 1:
         raise InvalidInputError(f"{where}: POST url must be the type alone, not {url!r}")
-    if method in ("PUT", "DELETE"):
+    if method in ("PUT", "DELETE", "PATCH"):
         if len(path) == 2:
             entry.id = check_id(path[1], what=f"{where}.request.url id")
         elif len(path) != 1 or not entry.query:
@@ -116,6 +124,21 @@ def _parse_entry(index: int, raw: Any, *, copy: bool = True) -> _Entry:
             f"the url {url!r}"
         )
     return entry
+
+
+def _patch_of(resource: Any, where: str) -> Any:
+    """The JSON Patch of a PATCH entry: a Binary holding it (R4 http.html "patch")."""
+    kind = resource.get("resourceType") if isinstance(resource, dict) else None
+    if kind == "Binary":
+        return json_patch_from_binary(resource, where=where)
+    if kind == "Parameters":
+        raise InvalidInputError(
+            f"{where}: FHIRPath Patch (a Parameters resource) is not supported; carry a JSON "
+            f"Patch in a Binary with contentType {JSON_PATCH}"
+        )
+    raise InvalidInputError(
+        f"{where} (PATCH) needs a Binary resource holding the JSON Patch ({JSON_PATCH})"
+    )
 
 
 def _check_bundle(bundle: Any) -> tuple[str, list[Any]]:
@@ -186,7 +209,15 @@ def _plan_ids(interactions: Interactions, entries: list[_Entry]) -> dict[str, st
             assert entry.type is not None and entry.query is not None
             match = _at_most_one(interactions, entry, entry.type, entry.query)
             entry.id = match.id if match else None
-        if entry.method in ("POST", "PUT", "DELETE") and entry.id is not None:
+        elif entry.method == "PATCH" and entry.id is None:
+            assert entry.type is not None and entry.query is not None
+            match = _at_most_one(interactions, entry, entry.type, entry.query)
+            if match is None:
+                raise fhir_error(
+                    404, f"Bundle.entry[{entry.index}]: no {entry.type} matches {entry.query!r}"
+                )
+            entry.id = match.id
+        if entry.method in ("POST", "PUT", "DELETE", "PATCH") and entry.id is not None:
             key = f"{entry.type}/{entry.id}"
             if key in written and entry.reuse is None:
                 raise InvalidInputError(
@@ -200,10 +231,12 @@ def _plan_ids(interactions: Interactions, entries: list[_Entry]) -> dict[str, st
 
 
 def _resolve_references(
-    interactions: Interactions, entry: _Entry, mapping: dict[str, str], urls: BaseUrls | None
+    interactions: Interactions,
+    resource: dict[str, Any],
+    mapping: dict[str, str],
+    urls: BaseUrls | None,
 ) -> None:
-    assert entry.resource is not None
-    for path, ref_value in iter_references(entry.resource, entry.resource["resourceType"]):
+    for path, ref_value in iter_references(resource, resource["resourceType"]):
         text = ref_value["reference"]
         if text in mapping:
             ref_value["reference"] = mapping[text]
@@ -237,13 +270,13 @@ def _run_transaction(
         mapping = _plan_ids(interactions, entries)
         for entry in entries:
             if entry.resource is not None:
-                _resolve_references(interactions, entry, mapping, urls)
+                _resolve_references(interactions, entry.resource, mapping, urls)
         pending = {f"{e.type}/{e.id}" for e in entries if e.method in ("POST", "PUT")}
         removed = {f"{e.type}/{e.id}" for e in entries if e.method == "DELETE" and e.id}
         for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
             try:
                 responses[entry.index] = _run_entry(
-                    interactions, entry, urls, pending, removed, strict=False
+                    interactions, entry, urls, pending, removed, mapping, strict=False
                 )
             except ImagingKitError as exc:
                 exc.message = f"Bundle.entry[{entry.index}] ({entry.method} {entry.url}): " + (
@@ -264,6 +297,7 @@ def _run_entry(
     urls: BaseUrls | None,
     pending: set[str],
     removed: set[str],
+    mapping: dict[str, str],
     *,
     strict: bool,
 ) -> Response:
@@ -283,6 +317,18 @@ def _run_entry(
             return Response(200, interactions.show(entry.reuse, urls), entry.reuse)
         return interactions.create(
             entry.type, entry.resource, urls, id_=entry.id, pending=pending, removed=removed
+        )
+    if entry.method == "PATCH":
+        assert entry.id is not None
+        return interactions.patch(
+            entry.type,
+            entry.id,
+            entry.operations,
+            urls,
+            if_match=entry.if_match,
+            pending=pending,
+            removed=removed,
+            rewrite=lambda patched: _resolve_references(interactions, patched, mapping, urls),
         )
     assert entry.id is not None and entry.resource is not None
     if "id" not in entry.resource and entry.query:
@@ -312,8 +358,8 @@ def _run_batch(
                 entry = _parse_entry(index, raw, copy=copy)
                 _plan_ids(interactions, [entry])
                 if entry.resource is not None:
-                    _resolve_references(interactions, entry, {}, urls)
-                response = _run_entry(interactions, entry, urls, set(), set(), strict=False)
+                    _resolve_references(interactions, entry.resource, {}, urls)
+                response = _run_entry(interactions, entry, urls, set(), set(), {}, strict=False)
             out.append(_response_entry(response, urls, minimal))
         except (ImagingKitError, FHIRError) as exc:
             out.append(_error_entry(exc))

@@ -27,6 +27,7 @@ INSTANCE_INTERACTIONS = (
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -34,7 +35,7 @@ INSTANCE_INTERACTIONS = (
     "search-type",
 )
 #: Whole-system interactions (R4 SystemRestfulInteraction).
-SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system", "search-system")
 
 
 def _documentation(param: SearchParam) -> str:
@@ -116,10 +117,17 @@ def capability_statement(fhir_base: str, *, date: str) -> dict[str, Any]:
                     f"Search: _count up to {MAX_COUNT} (larger values are capped with a "
                     "warning); _sort, _total, _summary, _elements, _include, _revinclude "
                     "(with :iterate), chaining and _has. Unknown parameters are ignored "
-                    "unless 'Prefer: handling=strict'."
+                    "unless 'Prefer: handling=strict'. System search GET [base]?_type=A,B "
+                    "(or every type without _type) takes parameters common to the searched "
+                    "types; one that only some of them define is a 400. PATCH takes a JSON "
+                    "Patch (application/json-patch+json; in Bundles a Binary), not FHIRPath "
+                    "Patch."
                 ),
                 "resource": [_resource(t) for t in RESOURCE_TYPES],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                # R4 search §3.1.1.3: a system search takes the parameters common to the
+                # searched types; these are common to every type
+                "searchParam": [_search_param(p) for p in COMMON_PARAMETERS.values()],
             }
         ],
     }

@@ -5,12 +5,14 @@ URL layout below the store's prefix (``{base_url}fhir``)::
     GET    /metadata                          CapabilityStatement
     POST   /                                  transaction / batch Bundle
     GET    /_history                          system history
+    GET    /?_type=…   POST /_search          system search (common parameters)
     GET    /{type}?…   POST /{type}/_search   search
     POST   /{type}                            create (If-None-Exist: conditional create)
     PUT    /{type}?…   DELETE /{type}?…       conditional update / delete
     GET    /{type}/_history                   type history
     GET    /{type}/{id}                       read
     PUT    /{type}/{id}                       update (If-Match), create-on-update
+    PATCH  /{type}/{id}   PATCH /{type}?…     patch (JSON Patch, If-Match), conditional patch
     DELETE /{type}/{id}                       delete
     GET    /{type}/{id}/_history[/{vid}]      instance history, vread
 
@@ -44,6 +46,7 @@ from imagingkit.sandbox.fhir.capability import capability_statement
 from imagingkit.sandbox.fhir.dates import now_instant
 from imagingkit.sandbox.fhir.interactions import Interactions, Response
 from imagingkit.sandbox.fhir.outcome import ISSUE_CODES, operation_outcome, outcome_for
+from imagingkit.sandbox.fhir.patch import JSON_PATCH
 from imagingkit.sandbox.fhir.references import check_id
 from imagingkit.sandbox.fhir.representation import BaseUrls, dumps
 from imagingkit.server.app import RouteList
@@ -66,7 +69,7 @@ def _media_type(value: str) -> str:
 class FhirHandler(BaseHandler):
     """Shared plumbing: base URLs, content negotiation, OperationOutcome errors."""
 
-    cors_methods = "GET, POST, PUT, DELETE, OPTIONS"
+    cors_methods = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 
     def initialize(
         self, interactions: Interactions, executor: Executor, prefix: str, mount: str
@@ -123,6 +126,41 @@ class FhirHandler(BaseHandler):
             return json.loads(self.request.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+
+    def form_params(self) -> list[tuple[str, str]]:
+        """The parameters of a ``POST …/_search`` form body (R4 http §3.1.0.10)."""
+        ctype = _media_type(self.request.headers.get("Content-Type", ""))
+        if ctype not in ("application/x-www-form-urlencoded", ""):
+            raise _Status(
+                415, f"POST _search needs an application/x-www-form-urlencoded body, not {ctype!r}"
+            )
+        try:
+            return parse_qsl(self.request.body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError:
+            raise InvalidInputError("the _search body is not UTF-8") from None
+
+    def patch_body(self) -> Any:
+        """The JSON Patch document of a PATCH request (R4 http.html "patch").
+
+        ``application/json-patch+json`` (or plain JSON holding an array) is a JSON Patch;
+        a FHIR ``Parameters`` body (FHIRPath Patch) is not supported here (415).
+        """
+        ctype = _media_type(self.request.headers.get("Content-Type", ""))
+        if ctype not in (JSON_PATCH, "", *_JSON_TYPES):
+            raise _Status(415, f"Content-Type {ctype!r} is not a patch format; send {JSON_PATCH}")
+        if not self.request.body:
+            raise InvalidInputError("the PATCH request has no body; a JSON Patch was expected")
+        try:
+            document = json.loads(self.request.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"the PATCH body is not valid JSON: {exc}") from None
+        if isinstance(document, dict) and document.get("resourceType") == "Parameters":
+            raise _Status(
+                415,
+                f"FHIRPath Patch ({ctype or 'no Content-Type'}) is not supported; send a JSON "
+                f"Patch as {JSON_PATCH}",
+            )
+        return document
 
     async def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run store work on the store's worker thread."""
@@ -215,8 +253,21 @@ class _RootHandler(FhirHandler):
         )
         self.send_json(200, result)
 
-    def get(self) -> None:
-        raise _Status(400, "searching all types is not supported; use [base]/[type]?… or /metadata")
+    async def get(self) -> None:
+        """R4 search §3.1.1.3: search all types (``_type`` narrows), common parameters."""
+        await self.system_search(self.query_params())
+
+    async def system_search(self, params: list[tuple[str, str]]) -> None:
+        response = await self.run(
+            self.interactions.system_search, params, self.urls, strict=self.strict, raw=True
+        )
+        self.send(response)
+
+
+class _SystemSearchHandler(_RootHandler):
+    async def post(self) -> None:
+        """``POST [base]/_search`` with a form body: the same as ``GET [base]?…``."""
+        await self.system_search(self.query_params() + self.form_params())
 
 
 class _MetadataHandler(FhirHandler):
@@ -269,6 +320,16 @@ class _TypeHandler(FhirHandler):
         )
         self.send(response, write=True)
 
+    async def patch(self, type_: str) -> None:
+        query = self.request.query
+        if not query:
+            raise _Status(405, "PATCH needs [type]/[id] or conditional criteria [type]?…")
+        body = self.patch_body()
+        response = await self.run(
+            self.interactions.conditional_patch, type_, query, body, self.urls
+        )
+        self.send(response, write=True)
+
     async def delete(self, type_: str) -> None:
         query = self.request.query
         if not query:
@@ -279,16 +340,7 @@ class _TypeHandler(FhirHandler):
 
 class _SearchHandler(FhirHandler):
     async def post(self, type_: str) -> None:
-        ctype = _media_type(self.request.headers.get("Content-Type", ""))
-        if ctype not in ("application/x-www-form-urlencoded", ""):
-            raise _Status(
-                415, f"POST _search needs an application/x-www-form-urlencoded body, not {ctype!r}"
-            )
-        try:
-            form = parse_qsl(self.request.body.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError:
-            raise InvalidInputError("the _search body is not UTF-8") from None
-        params = authz.scope_fhir_search(self, type_, self.query_params() + form)  # --auth
+        params = authz.scope_fhir_search(self, type_, self.query_params() + self.form_params())
         response = await self.run(
             self.interactions.search, type_, params, self.urls, strict=self.strict, raw=True
         )
@@ -312,6 +364,18 @@ class _InstanceHandler(FhirHandler):
         body = self.json_body()
         response = await self.run(
             self.interactions.update,
+            type_,
+            id_,
+            body,
+            self.urls,
+            if_match=self.request.headers.get("If-Match"),
+        )
+        self.send(response, write=True)
+
+    async def patch(self, type_: str, id_: str) -> None:
+        body = self.patch_body()
+        response = await self.run(
+            self.interactions.patch,
             type_,
             id_,
             body,
@@ -351,6 +415,7 @@ def fhir_routes(
         (rf"{prefix}/?", _RootHandler, kw),
         (rf"{prefix}/metadata", _MetadataHandler, kw),
         (rf"{prefix}/_history", _HistoryHandler, kw),
+        (rf"{prefix}/_search", _SystemSearchHandler, kw),
         (rf"{prefix}/{t}/?", _TypeHandler, kw),
         (rf"{prefix}/{t}/_search", _SearchHandler, kw),
         (rf"{prefix}/{t}/_history", _HistoryHandler, kw),

@@ -8,13 +8,22 @@ interactions (R4 http §3.1.0.4.3, §3.1.0.7.1, §3.1.0.8.1) are answered with a
   200 with the existing resource; several → 412;
 - conditional update (``PUT Type?query``): no match → create; one → update it; several →
   412;
-- conditional delete (``DELETE Type?query``): deletes the single match; several → 412.
+- conditional delete (``DELETE Type?query``): deletes the single match; several → 412;
+- conditional patch (``PATCH Type?query``, R4 http.html "conditional patch"): no match →
+  404; one → patch it; several → 412.
+
+Patch (R4 http.html "patch") applies a JSON Patch (:mod:`.patch`) to the resource as the
+client sees it (Endpoint addresses rendered), then processes the result exactly as an
+update: ``If-Match`` (checked before the operations run), validation, references, a new
+version recorded as ``PATCH`` in the history, index rows and Subscription notifications.
+The patched resource keeps the ``resourceType`` and ``id`` of the URL: an operation that
+changes them is refused (400), as an update with another id would be.
 """
 
 from __future__ import annotations
 
 import http
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,10 +31,21 @@ from urllib.parse import parse_qsl, urlsplit
 from imagingkit.errors import InvalidInputError
 from imagingkit.sandbox.fhir.dates import date_range
 from imagingkit.sandbox.fhir.outcome import fhir_error, operation_outcome
+from imagingkit.sandbox.fhir.patch import apply_json_patch, operations_touching
 from imagingkit.sandbox.fhir.references import TYPE_RE, check_id
-from imagingkit.sandbox.fhir.repository import Repository, check_type, validate_resource
+from imagingkit.sandbox.fhir.repository import (
+    Repository,
+    check_type,
+    parse_etag,
+    validate_resource,
+)
 from imagingkit.sandbox.fhir.representation import BaseUrls, portable, rendered
-from imagingkit.sandbox.fhir.search import DEFAULT_COUNT, MAX_COUNT, parse_search
+from imagingkit.sandbox.fhir.search import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    parse_search,
+    parse_system_search,
+)
 from imagingkit.sandbox.fhir.searchset import Searcher, history_bundle
 from imagingkit.sandbox.fhir.storage import Storage, Stored
 
@@ -65,6 +85,18 @@ class Response:
         if s is None:
             return None
         return f"{s.type}/{s.id}/_history/{s.version}"
+
+
+def _check_identity(patched: Any, operations: Any, type_: str, id_: str) -> None:
+    """A patch may not turn the resource into another one (R4 update rules: 400)."""
+    if not isinstance(patched, dict):
+        raise InvalidInputError("the JSON Patch replaced the resource with a non-object")
+    for member, kept in (("resourceType", type_), ("id", id_)):
+        if patched.get(member) != kept:
+            raise InvalidInputError(
+                f"JSON Patch {operations_touching(operations, member)}: changes {member} "
+                f"from {kept!r} to {patched.get(member)!r}; a patch cannot change it"
+            )
 
 
 class Interactions:
@@ -177,6 +209,64 @@ class Interactions:
                 return self.update(type_, body["id"], body, urls)
             return self.create(type_, body, urls)
 
+    def patch(
+        self,
+        type_: str,
+        id_: str,
+        operations: Any,
+        urls: BaseUrls | None,
+        *,
+        if_match: str | None = None,
+        pending: Collection[str] = (),
+        removed: Collection[str] = (),
+        rewrite: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Response:
+        """R4 http.html "patch": apply a JSON Patch, then update (200, or 412/404/410/422).
+
+        Parameters
+        ----------
+        operations : Any
+            The parsed JSON Patch document (RFC 6902).
+        rewrite : callable, optional
+            Called on the patched resource before it is stored (a transaction resolves
+            its ``urn:uuid`` references there).
+        """
+        check_type(type_)
+        check_id(id_, what=f"{type_} id in the URL")
+        with self.storage.transaction():
+            current = self.repository.read(type_, id_)
+            if if_match is not None and current.version != parse_etag(if_match):
+                have = f"version {current.version}"
+                raise fhir_error(412, f"If-Match {if_match!r} failed: {type_}/{id_} has {have}")
+            patched = apply_json_patch(self.show(current, urls), operations)
+            _check_identity(patched, operations, type_, id_)
+            if rewrite is not None:
+                rewrite(patched)
+            portable(patched, urls)
+            stored, _ = self.repository.update(
+                type_,
+                id_,
+                patched,
+                if_match=if_match,
+                pending=pending,
+                removed=removed,
+                method="PATCH",
+            )
+        return Response(200, self.show(stored, urls), stored)
+
+    def conditional_patch(
+        self, type_: str, query: str, operations: Any, urls: BaseUrls | None
+    ) -> Response:
+        """R4 http.html "conditional patch" ``PATCH Type?criteria``: 404 / patch / 412."""
+        check_type(type_)
+        with self.storage.transaction():
+            matches = self.find(type_, query)
+            if len(matches) > 1:
+                raise fhir_error(412, f"{type_}?{query} matches several resources")
+            if not matches:
+                raise fhir_error(404, f"no {type_} matches {query!r}")
+            return self.patch(type_, matches[0].id, operations, urls)
+
     def delete(self, type_: str, id_: str, *, if_match: str | None = None) -> Response:
         """R4 http §3.1.0.7 delete; 200 with an OperationOutcome either way."""
         stored = self.repository.delete(type_, id_, if_match=if_match)
@@ -223,6 +313,19 @@ class Interactions:
         request = parse_search(type_, params, strict=strict)
         return Response(200, self.searcher.bundle(request, urls, raw=raw))
 
+    def system_search(
+        self,
+        params: list[tuple[str, str]],
+        urls: BaseUrls,
+        *,
+        strict: bool = False,
+        raw: bool = False,
+    ) -> Response:
+        """R4 search §3.1.1.3 system search ``GET [base]?_type=…``: a searchset Bundle of
+        the listed types (every type without ``_type``), common parameters only."""
+        request = parse_system_search(params, strict=strict)
+        return Response(200, self.searcher.bundle(request, urls, raw=raw))
+
     def history(
         self,
         type_: str | None,
@@ -267,6 +370,8 @@ class Interactions:
         parts = urlsplit(url)
         path = [p for p in parts.path.strip("/").split("/") if p]
         params = parse_qsl(parts.query, keep_blank_values=True)
+        if not path:
+            return self.system_search(params, urls, strict=strict)
         if len(path) == 1 and TYPE_RE.match(path[0]):
             return self.search(path[0], params, urls, strict=strict)
         if len(path) == 2 and path[1] == "_history":

@@ -208,8 +208,12 @@ class Repository:
         if_match: str | None = None,
         pending: Collection[str] = (),
         removed: Collection[str] = (),
+        method: str = "PUT",
     ) -> tuple[Stored, bool]:
         """Update or create ``type_/id_`` with *resource* (R4 http §3.1.0.4).
+
+        *method* is recorded in the history (``PATCH`` for R4 http.html "patch", which
+        processes the patched resource as an update).
 
         Returns
         -------
@@ -244,7 +248,7 @@ class Repository:
             self.check_references(resource, pending=pending, removed=removed)
             if live and current is not None and _content(current.resource()) == _content(resource):
                 return current, False
-            return self.storage.write(resource, "PUT"), not live
+            return self.storage.write(resource, method), not live
 
     def delete(self, type_: str, id_: str, *, if_match: str | None = None) -> Stored | None:
         """Delete ``type_/id_`` (R4 http §3.1.0.7); deleting an absent resource is a no-op."""

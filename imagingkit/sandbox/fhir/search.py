@@ -26,6 +26,16 @@ Semantics, by parameter type (R4 search §3.1.1.4):
   same element.
 - ``:missing=true|false`` on every type; ``_id``; ``_lastUpdated`` (date).
 
+System search (R4 search §3.1.1.3, ``GET [base]?_type=A,B&…``): "If the _type parameter
+is included, all other search parameters SHALL be common to all provided types. If _type
+is not included, all parameters SHALL be common to all resource types." Here a parameter
+is common when every searched type defines it with the same code and parameter type (the
+Resource-level ``_id``, ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``,
+``_source``, or e.g. ``patient`` across Condition and ImagingStudy); each type applies its
+own definition. A parameter that some searched types define and others do not is a 400
+naming it and the types lacking it (never silently dropped); one that no type defines is
+treated as unknown. Without ``_type`` every served type is searched. :func:`parse_system_search`.
+
 A comma separates alternatives (OR); a repeated parameter adds a condition (AND);
 ``\\,`` ``\\|`` ``\\$`` ``\\\\`` escape (§3.1.1.5.7). An empty value is ignored.
 
@@ -61,6 +71,7 @@ __all__ = [
     "SortKey",
     "compile_search",
     "parse_search",
+    "parse_system_search",
 ]
 
 #: Largest page size; a larger ``_count`` is capped with a warning in the Bundle.
@@ -186,6 +197,8 @@ class SearchRequest:
 
     resource_type: str
     criteria: list[Criterion] = field(default_factory=list)
+    #: the types of a system search (R4 search §3.1.1.3); empty for a type-level search
+    types: tuple[str, ...] = ()
     sort: list[SortKey] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     count_capped_from: int | None = None
@@ -276,7 +289,7 @@ def _parse_criterion(resource_type: str, name: str, values: list[str], depth: in
     return Criterion(name, resource_type, param, modifier=modifier or None, values=values)
 
 
-def _parse_include(resource_type: str, name: str, value: str) -> Include:
+def _parse_include(sources: tuple[str, ...], name: str, value: str) -> Include:
     reverse = name.startswith("_revinclude")
     _, _, qualifier = name.partition(":")
     if qualifier not in ("", "iterate", "recurse"):
@@ -296,24 +309,38 @@ def _parse_include(resource_type: str, name: str, value: str) -> Include:
         raise _Unknown(f"{name}={value}")
     if target is not None and not param.refers_to(target):
         raise _bad(name, value, f"{source}.{code} cannot refer to {target}")
-    if not reverse and not iterate and source != resource_type:
-        raise _bad(name, value, f"_include source must be {resource_type} (or use :iterate)")
+    if not reverse and not iterate and source not in sources:
+        raise _bad(name, value, f"_include source must be {' or '.join(sources)} (or use :iterate)")
     return Include(source, param, target, iterate, reverse)
 
 
-def _parse_sort(resource_type: str, value: str, strict: bool, request: SearchRequest) -> str:
+def _searched(request: SearchRequest) -> tuple[str, ...]:
+    return request.types or (request.resource_type,)
+
+
+def _shared_param(types: tuple[str, ...], code: str) -> SearchParam | None:
+    """The parameter *code* if every type in *types* defines it with one parameter type."""
+    found = [search_param(t, code) for t in types]
+    first = found[0]
+    if first is None or any(p is None or p.type != first.type for p in found):
+        return None
+    return first
+
+
+def _parse_sort(value: str, strict: bool, request: SearchRequest) -> str:
     """Add the ``_sort`` keys to *request*; return the accepted keys (for links)."""
     accepted = []
+    types = _searched(request)
     for key in value.split(","):
         key = key.strip()
         if not key:
             continue
         descending = key.startswith("-")
         code = key[1:] if descending else key
-        param = search_param(resource_type, code)
+        param = _shared_param(types, code)
         if param is None or param.type == "composite":
             if strict:
-                raise _bad("_sort", value, f"cannot sort {resource_type} by {code!r}")
+                raise _bad("_sort", value, f"cannot sort {', '.join(types)} by {code!r}")
             request.ignored.append(f"_sort={code}")
             continue
         request.sort.append(SortKey(param, descending))
@@ -368,6 +395,86 @@ def parse_search(
     return request
 
 
+def parse_system_search(params: list[tuple[str, str]], *, strict: bool = False) -> SearchRequest:
+    """Parse a system search ``GET [base]?…`` (R4 search §3.1.1.3), ``_type`` included.
+
+    Parameters
+    ----------
+    params : list of (str, str)
+        Decoded parameters in request order; ``_type`` lists the types to search (all
+        served types without it; repeated ``_type`` parameters intersect).
+    strict : bool
+        ``Prefer: handling=strict``: refuse parameters that no searched type defines.
+
+    Returns
+    -------
+    SearchRequest
+        With ``resource_type == ""`` and :attr:`SearchRequest.types` set; its criteria
+        hold one :class:`Criterion` per searched type for each parameter.
+
+    Raises
+    ------
+    InvalidQueryError
+        A ``_type`` naming a type not served here, a parameter that only some of the
+        searched types define, or anything :func:`parse_search` refuses.
+    """
+    listed: list[str] | None = None
+    for name, value in params:
+        if name != "_type":
+            continue
+        named = [t.strip() for t in value.split(",") if t.strip()]
+        unknown = [t for t in named if t not in RESOURCE_TYPES]
+        if unknown or not named:
+            raise _bad(
+                name,
+                value,
+                f"{', '.join(unknown) or 'no type'} is not a resource type served here "
+                f"(served: {', '.join(RESOURCE_TYPES)})",
+            )
+        listed = named if listed is None else [t for t in listed if t in named]
+    types = tuple(dict.fromkeys(listed)) if listed is not None else RESOURCE_TYPES
+    # repeated _type parameters intersect (AND); disjoint lists search a type named "",
+    # which holds nothing
+    request = SearchRequest("", types=types or ("",))
+    types = request.types
+    if listed is not None:
+        request.used.append(("_type", ",".join(types)))
+    for name, value in params:
+        if name == "_type":
+            continue
+        if name in _RESULT_PARAMS or name.startswith(("_include", "_revinclude")):
+            _parse_result_param(request, name, value, strict)
+            continue
+        if value == "":
+            request.ignored.append(name)
+            continue
+        criteria, lacking = [], []
+        for type_ in types:
+            try:
+                criteria.append(_parse_criterion(type_, name, _split_on(value, ",")))
+            except _Unknown:
+                lacking.append(type_)
+        if not criteria:
+            if strict:
+                raise InvalidQueryError(
+                    f"search parameter {name!r} is not supported for any of "
+                    f"{', '.join(types)} (Prefer: handling=strict)"
+                )
+            request.ignored.append(name)
+            continue
+        if lacking:
+            raise InvalidQueryError(
+                f"search parameter {name!r} is not common to the searched types: "
+                f"{', '.join(lacking)} do not define it (R4 search §3.1.1.3: parameters of a "
+                "system search SHALL be common to all searched types)"
+            )
+        for criterion in criteria:
+            _validate_values(criterion, value)
+        request.criteria.extend(criteria)
+        request.used.append((name, value))
+    return request
+
+
 def _parse_result_param(request: SearchRequest, name: str, value: str, strict: bool) -> None:
     keep = True
     if name == "_count":
@@ -392,13 +499,13 @@ def _parse_result_param(request: SearchRequest, name: str, value: str, strict: b
     elif name == "_elements":
         request.elements = [e.strip() for e in value.split(",") if e.strip()]
     elif name == "_sort":
-        value = _parse_sort(request.resource_type, value, strict, request)
+        value = _parse_sort(value, strict, request)
         keep = bool(value)
     elif name.startswith(("_include", "_revinclude")):
         accepted = []
         for part in value.split(","):
             try:
-                request.includes.append(_parse_include(request.resource_type, name, part))
+                request.includes.append(_parse_include(_searched(request), name, part))
                 accepted.append(part)
             except _Unknown:
                 if strict:
@@ -763,6 +870,20 @@ def _sort_sql(key: SortKey, alias: str, sql: _Sql) -> str:
     )
 
 
+def _system_sql(request: SearchRequest, alias: str, sql: _Sql, fhir_base: str | None) -> str:
+    """One branch per searched type, each with that type's own criteria (OR-ed)."""
+    branches = []
+    for type_ in request.types:
+        parts = [f"{alias}.type = {sql.arg(type_)}"]
+        parts += [
+            _criterion_sql(c, alias, sql, fhir_base)
+            for c in request.criteria
+            if c.resource_type == type_
+        ]
+        branches.append(f"({' AND '.join(parts)})")
+    return f"({' OR '.join(branches)})"
+
+
 def compile_search(
     request: SearchRequest, *, fhir_base: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -777,9 +898,12 @@ def compile_search(
     """
     sql = _Sql()
     alias = "m"
-    where = [f"{alias}.type = {sql.arg(request.resource_type)}", f"{alias}.deleted = 0"]
-    for criterion in request.criteria:
-        where.append(_criterion_sql(criterion, alias, sql, fhir_base))
+    if request.types:
+        where = [f"{alias}.deleted = 0", _system_sql(request, alias, sql, fhir_base)]
+    else:
+        where = [f"{alias}.type = {sql.arg(request.resource_type)}", f"{alias}.deleted = 0"]
+        for criterion in request.criteria:
+            where.append(_criterion_sql(criterion, alias, sql, fhir_base))
     order = [_sort_sql(key, alias, sql) for key in request.sort]
     order.append(f"{alias}.rid ASC")
     text = (

@@ -114,7 +114,8 @@ class Searcher:
         bundle = _bundle("searchset")
         if request.total != "none" or request.summary == "count":
             bundle["total"] = total
-        base = f"{urls.fhir}/{request.resource_type}"
+        # a system search (R4 search §3.1.1.3) pages at the service base itself
+        base = f"{urls.fhir}/{request.resource_type}" if request.resource_type else urls.fhir
         if request.summary == "count" or request.count == 0:
             bundle["link"] = [{"relation": "self", "url": _link(base, request.used)}]
             self._add_warnings(bundle, request, [])
