@@ -129,6 +129,7 @@ _FHIR_PATHS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^/?$"), "root"),
     (re.compile(r"^/metadata$"), "metadata"),
     (re.compile(r"^/_history$"), "history"),
+    (re.compile(r"^/_search$"), "system-search"),
     (re.compile(rf"^/{_T}/?$"), "type"),
     (re.compile(rf"^/{_T}/_search$"), "search"),
     (re.compile(rf"^/{_T}/_history$"), "history"),
@@ -136,7 +137,7 @@ _FHIR_PATHS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"^/{_T}/{_I}/_history/{_I}$"), "vread"),
     (re.compile(rf"^/{_T}/{_I}$"), "instance"),
 ]
-_WRITE_LETTER = {"POST": "c", "PUT": "u", "DELETE": "d"}
+_WRITE_LETTER = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
 
 
 class FhirGuard(_Guard):
@@ -154,10 +155,19 @@ class FhirGuard(_Guard):
         method = handler.request.method or "GET"
         if kind == "metadata":
             return  # the CapabilityStatement is public (SMART discovery)
-        if kind == "root" and method == "GET":
-            return  # answered with 400 by the store, nothing to read
         grant = self.authenticate(handler)
         set_access(handler, RequestAccess(grant))
+        if (kind == "root" and method == "GET") or kind == "system-search":
+            # R4 search §3.1.1.3 system search: every searched type needs the search scope
+            if grant.restricted:
+                raise forbidden("system search is not available to patient-scoped tokens")
+            named = ",".join(handler.get_arguments("_type")).split(",")
+            for rtype in [t for t in named if t.strip()] or ["*"]:
+                if not grant.permits(rtype.strip(), "s"):
+                    raise insufficient_scope(
+                        handler, f"the token's scopes do not allow {rtype.strip()}.s"
+                    )
+            return
         rtype = groups[0] if groups else "*"
         reading = method in ("GET", "HEAD") or kind == "search"
         if grant.restricted:
