@@ -26,7 +26,7 @@ import requests
 import tornado.httpserver
 import tornado.netutil
 from dicomweb_client import DICOMwebClient
-from PIL import Image
+from PIL import Image, ImageSequence
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.utils import pack_bits, unpack_bits
@@ -678,6 +678,115 @@ def test_rendered_frames_study_and_series(store: Store, client: DICOMwebClient) 
     assert _image(_get(f"{store.base}/studies/{ct.study_uid}/rendered", "image/png")).ndim == 2
 
 
+def _gif_frames(response: requests.Response) -> tuple[list[np.ndarray], list[int]]:
+    """An animated GIF answer's frames (as RGB or L arrays) and their durations (ms)."""
+    assert response.status_code == 200, response.text[:300]
+    assert response.headers["Content-Type"] == "image/gif"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "GIF"
+    frames, durations = [], []
+    for frame in ImageSequence.Iterator(image):
+        durations.append(int(frame.info.get("duration", 0)))
+        frames.append(np.asarray(frame.convert("RGB" if frame.mode not in ("L", "P") else "L")))
+    return frames, durations
+
+
+def test_rendered_multiframe_instance_all_frames_or_first(store: Store) -> None:
+    """PS3.18 §10.4.1.1.3 / Table 8.7.4-1: a multi-frame instance renders as every frame
+    (multipart, one part a frame) or as one animated image/gif; a single-frame media type
+    gets frame 1; ``/frames/{n}/rendered`` renders frame n."""
+    record = store.multiframe  # 4 frames, no Frame Time
+    ds = pydicom.dcmread(record.path)
+    expected = [display_frame(ds, i) for i in range(4)]
+    every = _get(store.url(record, "/rendered"), 'multipart/related; type="image/png"')
+    parts = _parts(every)
+    assert [h["content-type"] for h, _ in parts] == ["image/png"] * 4
+    for (_, body), frame in zip(parts, expected, strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), frame)
+    # the frames are one ramp scaled: with their own windows they look alike, and a GIF
+    # merges identical neighbours into one longer frame; one window tells them apart
+    window = {"window": "18000,36000"}
+    apart = [display_frame(ds, i, window=Window(18000, 36000)) for i in range(4)]
+    gif = _get(store.url(record, "/rendered"), "image/gif", **window)
+    frames, durations = _gif_frames(gif)
+    assert len(frames) == 4
+    for got, frame in zip(frames, apart, strict=True):
+        assert np.array_equal(got, frame)  # 256 grey levels fit a GIF palette exactly
+    assert durations == [100] * 4  # no Cine Module: 10 frames/s
+    same, same_durations = _gif_frames(_get(store.url(record, "/rendered"), "image/gif"))
+    assert len(same) == 1 and same_durations == [400]  # merged, the cine's length kept
+    assert np.array_equal(_image(_get(store.url(record, "/rendered"), "image/png")), expected[0])
+    for number in (1, 2, 4):
+        single = _image(_get(store.url(record, f"/frames/{number}/rendered"), "image/png"))
+        assert np.array_equal(single, expected[number - 1])
+    pair, _ = _gif_frames(_get(store.url(record, "/frames/4,2/rendered"), "image/gif", **window))
+    assert len(pair) == 2
+    assert np.array_equal(pair[0], apart[3]) and np.array_equal(pair[1], apart[1])
+    missing = _get(store.url(record, "/frames/5/rendered"), "image/png")
+    assert missing.status_code == 404 and "5" in missing.json()["detail"]
+    series = _get(
+        f"{store.base}/studies/{record.study_uid}/series/{record.series_uid}/rendered",
+        'multipart/related; type="image/jpeg"',
+    )
+    assert len(_parts(series)) == 4  # the series' one instance, every frame
+
+
+def test_rendered_every_multiframe_file_frame_by_frame(store: Store) -> None:
+    """Every decodable multi-frame instance (pydicom's files: MR, RGB, RLE, JPEG…)."""
+    checked = 0
+    for record, _ in _images(store):
+        if record.number_of_frames < 2:
+            continue
+        ds = pydicom.dcmread(record.path)
+        parts = _parts(_get(store.url(record, "/rendered"), 'multipart/related; type="image/png"'))
+        assert len(parts) == record.number_of_frames, record.path.name
+        for index in sorted({0, record.number_of_frames - 1}):
+            got = np.asarray(Image.open(io.BytesIO(parts[index][1])))
+            assert np.array_equal(got, display_frame(ds, index)), (record.path.name, index)
+        checked += 1
+    assert checked >= 3
+
+
+def test_rendered_cine_of_the_sandbox(sandbox_dir: Path, tmp_path: Path) -> None:
+    """The sandbox's multi-frame series (US cine among them) as animations and frames."""
+    from store_server import StoreServer
+
+    cines = []
+    for path in sorted(sandbox_dir.rglob("*.dcm")):
+        if "realworld" in path.relative_to(sandbox_dir).parts:
+            continue  # pydicom's own files: covered by the tests above
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if int(header.get("NumberOfFrames") or 1) > 1:
+            target = tmp_path / "root" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+            cines.append(header)
+    modalities = {str(h.Modality) for h in cines}
+    assert "US" in modalities, modalities
+    with StoreServer(tmp_path / "root", tmp_path / "data") as server:
+        for header in cines:
+            url = (
+                f"{server.url}/studies/{header.StudyInstanceUID}/series/"
+                f"{header.SeriesInstanceUID}/instances/{header.SOPInstanceUID}"
+            )
+            ds = pydicom.dcmread(tmp_path / "root" / Path(header.filename).name)
+            count = int(ds.NumberOfFrames)
+            frames, durations = _gif_frames(_get(f"{url}/rendered", "image/gif"))
+            assert len(frames) == count, header.filename
+            if "FrameTime" in ds:
+                assert set(durations) == {round(float(ds.FrameTime))}
+            middle = count // 2
+            expected = display_frame(ds, middle)
+            single = _image(_get(f"{url}/frames/{middle + 1}/rendered", "image/png"))
+            assert np.array_equal(single, expected)
+            # a GIF holds 256 colours per frame: colour frames come back close, not equal
+            got = frames[middle].astype(int)
+            reference = np.asarray(
+                Image.fromarray(expected).convert("RGB" if got.ndim == 3 else "L")
+            ).astype(int)
+            assert np.abs(got - reference).mean() < 6, header.filename
+
+
 def test_thumbnails_at_every_level(store: Store) -> None:
     ct = store.ct[0]
     series_url = f"{store.base}/studies/{ct.study_uid}/series/{ct.series_uid}"
@@ -698,6 +807,89 @@ def test_thumbnails_at_every_level(store: Store) -> None:
     assert max(image.shape[:2]) == 128
     sized = _image(_get(store.url(big, "/thumbnail"), "image/png", viewport="64,64"))
     assert max(sized.shape[:2]) == 64
+
+
+# --------------------------------------------------------------------------- byte ranges
+
+
+def _ranged(url: str, accept: str, value: str, **headers: str) -> requests.Response:
+    return requests.get(
+        url, headers={**IDENTITY, "Accept": accept, "Range": value, **headers}, timeout=60
+    )
+
+
+def test_byte_ranges_of_a_single_part_instance(store: Store) -> None:
+    """RFC 9110 §14: 206 with Content-Range, suffix and open ranges, 416 past the end."""
+    record = store.ct[0]  # stored as Explicit VR Little Endian: sent as the file
+    url = store.url(record)
+    whole = _get(url, "application/dicom")
+    assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes"
+    size = len(whole.content)
+    assert whole.content == record.path.read_bytes()
+    for value, first, last in (
+        ("bytes=128-131", 128, 131),
+        ("bytes=100-", 100, size - 1),
+        ("bytes=-10", size - 10, size - 1),
+        ("bytes=0-999999999", 0, size - 1),
+        ("bytes = 5 - 6", 5, 6),
+    ):
+        part = _ranged(url, "application/dicom", value)
+        assert part.status_code == 206, (value, part.text[:200])
+        assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}", value
+        assert part.content == whole.content[first : last + 1], value
+        assert part.headers["Content-Type"].startswith("application/dicom")
+    assert _ranged(url, "application/dicom", "bytes=128-131").content == b"DICM"
+    for value in (f"bytes={size}-", "bytes=5-2", "bytes=-0", "bytes=x-1"):
+        refused = _ranged(url, "application/dicom", value)
+        assert refused.status_code == 416, value
+        assert refused.headers["Content-Range"] == f"bytes */{size}"
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert value.split("=")[1] in refused.json()["detail"]
+    for value, extra in (
+        ("bytes=0-1,4-5", {}),  # several ranges: ignored (RFC 9110 §14.2)
+        ("items=0-1", {}),  # another unit: ignored
+        ("bytes=0-1", {"If-Range": '"abc"'}),  # no validators kept: the whole
+    ):
+        full = _ranged(url, "application/dicom", value, **extra)
+        assert full.status_code == 200 and full.content == whole.content, value
+
+
+def test_byte_ranges_of_transcoded_instances_frames_and_bulk_data(store: Store) -> None:
+    implicit = next(r for r in store.all_records() if r.transfer_syntax_uid == "1.2.840.10008.1.2")
+    url = store.url(implicit)
+    whole = _get(url, "application/dicom").content
+    part = _ranged(url, "application/dicom", "bytes=-64")
+    assert part.status_code == 206 and part.content == whole[-64:]
+    assert part.headers["Content-Range"] == f"bytes {len(whole) - 64}-{len(whole) - 1}/{len(whole)}"
+    frame_url = store.url(store.multiframe, "/frames/2")
+    frame = _get(frame_url, "application/octet-stream").content
+    assert len(frame) == 32 * 40 * 2
+    piece = _ranged(frame_url, "application/octet-stream", "bytes=80-159")
+    assert piece.status_code == 206 and piece.content == frame[80:160]
+    checked = 0
+    for record in store.all_records():
+        for metadata in _get(store.url(record, "/metadata")).json():
+            for key, entry in metadata.items():
+                if key == "7FE00010" or "BulkDataURI" not in entry:
+                    continue
+                value = _get(entry["BulkDataURI"], "application/octet-stream").content
+                if len(value) < 8:
+                    continue
+                half = _ranged(entry["BulkDataURI"], "application/octet-stream", "bytes=4-")
+                assert half.status_code == 206 and half.content == value[4:], key
+                assert half.headers["Content-Range"] == f"bytes 4-{len(value) - 1}/{len(value)}"
+                checked += 1
+    assert checked >= 3
+
+
+def test_byte_ranges_are_ignored_on_multipart_answers(store: Store) -> None:
+    record = store.ct[0]
+    plain = _get(store.url(record), INSTANCE)
+    ranged = _ranged(store.url(record), INSTANCE, "bytes=0-9")
+    assert ranged.status_code == 200
+    assert [b for _, b in _parts(ranged)] == [b for _, b in _parts(plain)]
+    frames = _ranged(store.url(store.multiframe, "/frames/1,2"), FRAMES, "bytes=0-9")
+    assert frames.status_code == 200 and len(_parts(frames)) == 2
 
 
 # --------------------------------------------------------------------------- errors, CORS

@@ -8,7 +8,9 @@ Implements the rendering parameters of PS3.18 §8.3.5.1 on 8-bit display arrays 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -16,13 +18,17 @@ from PIL import Image
 from imagingkit.errors import InvalidInputError, InvalidQueryError
 
 __all__ = [
+    "DEFAULT_FRAME_MS",
     "DEFAULT_QUALITY",
+    "MAX_ANIMATION_BYTES",
     "RENDERED_MEDIA_TYPES",
     "THUMBNAIL_SIZE",
     "Viewport",
     "apply_viewport",
+    "encode_animation",
     "encode_image",
     "fit_size",
+    "frame_duration_ms",
     "parse_quality",
     "thumbnail",
 ]
@@ -34,6 +40,10 @@ DEFAULT_QUALITY = 90
 #: Longest side of a thumbnail when the request gives no viewport (Sup 203 leaves it to us).
 THUMBNAIL_SIZE = 128
 _MAX_VIEWPORT = 8192
+#: display time of one animation frame when the instance says nothing (10 frames/s)
+DEFAULT_FRAME_MS = 100
+#: an animation holds all its display frames in memory: more than this is refused
+MAX_ANIMATION_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -211,4 +221,74 @@ def encode_image(
         pil.save(out, fmt, compress_level=3)
     else:
         pil.save(out, fmt)
+    return out.getvalue()
+
+
+def frame_duration_ms(ds: Any) -> int:
+    """How long each frame of a multi-frame image is shown, in milliseconds.
+
+    From Frame Time (0018,1063), else Cine Rate (0018,0040) or Recommended Display Frame
+    Rate (0008,2144) in frames per second (PS3.3 C.7.6.5 Cine Module); else
+    :data:`DEFAULT_FRAME_MS`. At least 10 ms, the resolution of GIF delays.
+    """
+    for keyword, per_second in (
+        ("FrameTime", False),
+        ("CineRate", True),
+        ("RecommendedDisplayFrameRate", True),
+    ):
+        try:
+            value = float(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return max(10, round(1000 / value if per_second else value))
+    return DEFAULT_FRAME_MS
+
+
+def encode_animation(frames: Sequence[np.ndarray], duration_ms: int = DEFAULT_FRAME_MS) -> bytes:
+    """Encode display arrays as one animated GIF that loops (PS3.18 Table 8.7.4-1:
+    ``image/gif`` is the rendered media type of the Multi-frame Image category).
+
+    Parameters
+    ----------
+    frames : sequence of numpy.ndarray
+        uint8 ``(rows, columns)`` or ``(rows, columns, 3)``, all the same shape.
+    duration_ms : int
+        Display time of each frame.
+
+    Returns
+    -------
+    bytes
+        A GIF89a file. Greyscale frames keep their 256 grey levels exactly; colour frames
+        are reduced to one 256-colour palette per frame (GIF holds no more). Identical
+        consecutive frames become one frame shown for their summed time (Pillow's GIF
+        writer does this), so the animation's length is kept, not its frame count.
+
+    Raises
+    ------
+    InvalidInputError
+        If there are no frames, they differ in shape or type, or they would need more
+        than :data:`MAX_ANIMATION_BYTES` of memory.
+    """
+    if not frames:
+        raise InvalidInputError("an animation needs at least one frame")
+    shape = frames[0].shape
+    if any(f.shape != shape or f.dtype != np.uint8 for f in frames):
+        raise InvalidInputError("animation frames must all be uint8 arrays of one shape")
+    if len(frames) * frames[0].nbytes > MAX_ANIMATION_BYTES:
+        raise InvalidInputError(
+            f"{len(frames)} frames of {shape} are too large to animate "
+            f"(over {MAX_ANIMATION_BYTES // 2**20} MiB); ask for multipart/related frames"
+        )
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    out = io.BytesIO()
+    images[0].save(
+        out,
+        "GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(10, int(duration_ms)),
+        loop=0,
+        optimize=False,
+    )
     return out.getvalue()

@@ -20,8 +20,9 @@ Query parameters (PS3.18 §8.3.4)
           StudyTime=2300-0100`` is 2020-01-01 23:00 up to 2020-01-02 01:00:59.999999. Each
           time bound belongs to the date bound on its side (a missing one is the start or
           the end of that day); a bound without a date has no effect. An entity without a
-          time matches when any moment of its date lies in the range. A range that ends
-          before it starts is refused with 400;
+          date or without a time has no date-time and does not match (as with range
+          matching of one attribute; Empty Value Matching is not supported). A range that
+          ends before it starts is refused with 400;
         * PN: literal or ``*``/``?`` wildcard matching, insensitive to case and to trailing
           empty components (PS3.4 allows this for PN);
         * IS, US and other numbers: equality;
@@ -715,13 +716,13 @@ def _combined_condition(
     date_target, time_target = _target(date_attr), _target(time_attr)
     day = date_target.expression("ik_date")
     moment = time_target.expression("ik_time")
-    tests = [f"{day} IS NOT NULL"]
+    tests = [f"{day} IS NOT NULL", f"{moment} IS NOT NULL"]
     params: list[Any] = []
-    if low is not None:  # some moment of the entity's date, or its time, is not before low
-        tests.append(f"{day} || COALESCE({moment}, '{_DAY_END}') >= ?")
+    if low is not None:  # both are fixed-width text, so text order is time order
+        tests.append(f"{day} || {moment} >= ?")
         params.append(low)
     if high is not None:
-        tests.append(f"{day} || COALESCE({moment}, '{_DAY_START}') <= ?")
+        tests.append(f"{day} || {moment} <= ?")
         params.append(high)
     return _Condition(date_target.level, "(" + " AND ".join(tests) + ")", params)
 

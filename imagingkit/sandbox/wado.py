@@ -22,6 +22,15 @@ frame list or rendering parameter → 400, unknown UID or frame → 404, an ``Ac
 cannot be met → 406. Negotiation itself is in :mod:`imagingkit.dicomweb.mediatypes`, file
 handling in :mod:`imagingkit.sandbox.stored_instance`, pictures in :mod:`imagingkit.render`.
 
+Byte ranges (RFC 9110 §14): a ``Range: bytes=…`` request header is honoured on answers
+that are one body — a single-part ``application/dicom`` instance, a bulk data value or
+pixel data sent as one ``application/octet-stream`` part, a single frame — with 206 and
+``Content-Range``; those answers say ``Accept-Ranges: bytes``. A range past the end (or a
+malformed one) gets 416 with ``Content-Range: bytes */length``. Multipart answers, a list
+of ranges, another unit, and any request with ``If-Range`` (no validators are kept) get
+the whole answer with 200, as RFC 9110 §14.2 allows. PS3.18 leaves Range to HTTP: it
+is how a client reads part of a large bulk data value (§10.4, BulkDataURIs).
+
 The store mounts these routes with :func:`wado_routes`. STOW-RS shares the study URL
 (``POST /studies/{s}``); :func:`imagingkit.sandbox.stow.stow_routes` gives the study
 rule's :class:`RetrieveHandler` a ``post``. The :class:`WadoService` holding the worker
@@ -47,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pydicom
 from tornado.iostream import StreamClosedError
 
@@ -69,7 +79,9 @@ from imagingkit.render.encode import (
     THUMBNAIL_SIZE,
     Viewport,
     apply_viewport,
+    encode_animation,
     encode_image,
+    frame_duration_ms,
     parse_quality,
     thumbnail,
 )
@@ -96,6 +108,7 @@ __all__ = [
     "RetrieveHandler",
     "ThumbnailHandler",
     "WadoService",
+    "byte_range",
     "wado_routes",
 ]
 
@@ -213,6 +226,59 @@ def _instance_path(record: InstanceRecord) -> str:
 # --------------------------------------------------------------------------- base handler
 
 
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """The inclusive byte range a ``Range`` header asks of a *length*-byte body.
+
+    Parameters
+    ----------
+    header : str or None
+        The request's ``Range`` field (RFC 9110 §14.2).
+    length : int
+        The size of the whole representation.
+
+    Returns
+    -------
+    tuple of (int, int) or None
+        ``(first, last)`` to answer 206; None to answer the whole body with 200 (no
+        header, a unit other than bytes, or several ranges, which RFC 9110 lets a server
+        ignore).
+
+    Raises
+    ------
+    HTTPProblem
+        416 with ``Content-Range: bytes */length`` when the range is malformed or starts
+        past the end (RFC 9110 §14.1.2, §15.5.17).
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    found = _RANGE.match(header)
+    shown = header if len(header) <= 60 else header[:60] + "…"
+    unsatisfiable = HTTPProblem(
+        416,
+        f"Range {shown!r} cannot be satisfied: the representation has {length} bytes "
+        "(RFC 9110 §14.1.2)",
+        Content_Range=f"bytes */{length}",
+    )
+    if found is None or not (found[1] or found[2]) or len(found[1]) > 18 or len(found[2]) > 18:
+        raise unsatisfiable
+    if not found[1]:  # a suffix: the last n bytes
+        suffix = int(found[2])
+        if suffix == 0 or length == 0:
+            raise unsatisfiable
+        return max(0, length - suffix), length - 1
+    first = int(found[1])
+    last = int(found[2]) if found[2] else length - 1
+    if last < first or first >= length:
+        raise unsatisfiable
+    return first, min(last, length - 1)
+
+
 class _WadoHandler(BaseHandler):
     cors_methods = "GET, OPTIONS"
 
@@ -220,6 +286,31 @@ class _WadoHandler(BaseHandler):
         self.wado = service
         self._started = False
         self._pending = 0
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header(
+            "Access-Control-Expose-Headers",
+            "Content-Type, Content-Location, Location, ETag, Warning, Link, X-Total-Count, "
+            "Content-Range, Accept-Ranges",
+        )
+
+    def requested_range(self, length: int) -> tuple[int, int] | None:
+        """The byte range to answer for a one-body answer of *length* bytes (see
+        :func:`byte_range`); announces ``Accept-Ranges: bytes``."""
+        self.set_header("Accept-Ranges", "bytes")
+        if "If-Range" in self.request.headers:
+            return None  # no validators are kept, so the condition cannot hold
+        return byte_range(self.request.headers.get("Range"), length)
+
+    def send_partial(self, data: bytes, chosen: tuple[int, int] | None) -> bytes:
+        """Return the part of *data* to write, setting 206 and Content-Range if ranged."""
+        if chosen is None:
+            return data
+        first, last = chosen
+        self.set_status(206)
+        self.set_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        return data[first : last + 1]
 
     def compute_etag(self) -> str | None:
         return None  # hashing megabytes of pixels per answer is not worth it
@@ -370,6 +461,8 @@ class RetrieveHandler(_WadoHandler):
         async for record, target, data in self._prepared(jobs, failures):
             headers = self._part_headers(record, target)
             if not self._started:
+                if choice.single_part:  # one instance, already in memory
+                    data = self.send_partial(data, self.requested_range(len(data)))
                 self._start(writer, choice.single_part, headers, refused)
                 self._started = True
                 await self.flush()
@@ -404,7 +497,11 @@ class RetrieveHandler(_WadoHandler):
         """
         heads = [b"" if single else writer.head(self._part_headers(r, t)) for r, t in jobs]
         close = b"" if single else writer.close()
+        chosen = self.requested_range(sizes[0]) if single else None
         self._start(writer, single, self._part_headers(*jobs[0]), refused)
+        if chosen is not None:
+            await self._send_file_range(jobs[0][0], sizes[0], chosen)
+            return
         self.set_header("Content-Length", str(sum(sizes) + sum(map(len, heads)) + len(close)))
         self._started = True
         await self.flush()
@@ -426,6 +523,31 @@ class RetrieveHandler(_WadoHandler):
             finally:
                 self.wado.buffers.release(buffer)
         await self.write_raw(close)
+
+    async def _send_file_range(
+        self, record: InstanceRecord, size: int, chosen: tuple[int, int]
+    ) -> None:
+        """Send bytes *chosen* (inclusive) of a stored file, in bounded chunks (206)."""
+        first, last = chosen
+        self.set_status(206)
+        self.set_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.set_header("Content-Length", str(last - first + 1))
+        self._started = True
+        await self.flush()
+        position = first
+        with open(record.path, "rb") as f:
+            f.seek(first)
+            while position <= last:  # bounded: each pass moves at least one byte on
+                chunk = f.read(min(_FLUSH_BYTES, last + 1 - position))
+                if not chunk:
+                    log.error("%s shrank while being sent; closing", record.path)
+                    stream = getattr(self.request.connection, "stream", None)
+                    if stream is not None:
+                        stream.close()
+                    return
+                position += len(chunk)
+                if not await self.write_raw(chunk):
+                    return
 
     def _start(
         self,
@@ -607,6 +729,8 @@ class FramesHandler(_WadoHandler):
             if not self._started:
                 content_type = part_type if choice.single_part else writer.content_type
                 self.set_header("Content-Type", content_type)
+                if choice.single_part:  # one frame: a byte range of it may be asked
+                    data = self.send_partial(data, self.requested_range(len(data)))
             head = b"" if choice.single_part else writer.head({"Content-Type": part_type})
             if not await self.send(head, data):
                 return
@@ -649,7 +773,7 @@ class BulkDataHandler(FramesHandler):
             raise self.not_acceptable("bulk data (application/octet-stream)")
         if single:
             self.set_header("Content-Type", "application/octet-stream")
-            self.write(data)
+            self.write(self.send_partial(data, self.requested_range(len(data))))
             return
         writer = MultipartWriter("application/octet-stream")
         self.set_header("Content-Type", writer.content_type)
@@ -674,25 +798,51 @@ def _decodable(record: InstanceRecord) -> bool:
     return can_transcode(record.transfer_syntax_uid, EXPLICIT_VR_LITTLE_ENDIAN)
 
 
-def _render(record: InstanceRecord, index: int, request: RenderRequest, thumb: bool) -> bytes:
+def _read_for_rendering(record: InstanceRecord) -> pydicom.Dataset:
     try:
-        ds = pydicom.dcmread(record.path, force=True)
+        return pydicom.dcmread(record.path, force=True)
     except Exception as exc:  # a stored file pydicom cannot read
         raise InvalidDICOMError(f"cannot read {record.path.name}: {exc}") from exc
+
+
+def _display(
+    ds: pydicom.Dataset, index: int, request: RenderRequest, thumb: bool = False
+) -> np.ndarray:
     image = display_frame(ds, index, window=request.window)  # InvalidDICOMError: 406
     if request.viewport is not None:
         image = apply_viewport(image, request.viewport)
     elif thumb:
         image = thumbnail(image, THUMBNAIL_SIZE)
+    return image
+
+
+def _render(record: InstanceRecord, index: int, request: RenderRequest, thumb: bool) -> bytes:
+    image = _display(_read_for_rendering(record), index, request, thumb)
     return encode_image(image, request.media, quality=request.quality)
 
 
-class RenderedHandler(_WadoHandler):
-    """Rendered study, series, instance or frames (PS3.18 §10.4.1.1.3).
+def _render_animation(record: InstanceRecord, indices: list[int], request: RenderRequest) -> bytes:
+    """Frames *indices* of one instance as an animated GIF (PS3.18 Table 8.7.4-1)."""
+    ds = _read_for_rendering(record)
+    frames = [_display(ds, index, request) for index in indices]
+    return encode_animation(frames, frame_duration_ms(ds))
 
-    A study or series renders its first image instance (frame 1), as Orthanc does; ask
-    ``multipart/related; type="image/…"`` to get every image instance instead. An
-    instance renders its first frame; a list of several frames answers multipart.
+
+class RenderedHandler(_WadoHandler):
+    """Rendered study, series, instance or frames (PS3.18 §10.4.1.1.3, §8.7.4).
+
+    What is rendered depends on the media type chosen (PS3.18 Table 8.7.4-1 gives
+    ``image/jpeg`` and ``image/png`` to single-frame images, ``image/gif`` also to
+    multi-frame images):
+
+    * ``multipart/related; type="image/…"``: every frame of every image instance of the
+      target, one part each, in series, instance and frame order (an instance: all its
+      frames; a frame list: those frames);
+    * ``image/gif``: a multi-frame instance (or a list of several frames) as one animated
+      GIF, each frame shown for the instance's Frame Time (Cine Module, PS3.3 C.7.6.5);
+    * ``image/jpeg`` or ``image/png`` (one image): frame 1 of the instance, or of the first
+      image instance of a study or series (as Orthanc does); a list of several frames
+      needs multipart or GIF (406).
     """
 
     thumbnail = False
@@ -727,7 +877,17 @@ class RenderedHandler(_WadoHandler):
             raise HTTPProblem(404, "no image instance to render here")
         if instance is None:  # choose among the images this store can decode
             records = [r for r in records if _decodable(r)] or records
-        targets = await self.targets(records, instance is not None, frames, request.multipart)
+        targets = await self.targets(records, instance is not None, frames, request)
+        if not request.multipart and len(targets) > 1:  # only image/gif gets here
+            record = targets[0][0]
+            indices = [index for _, index in targets]
+            try:
+                data = await self.wado.run(_render_animation, record, indices, request)
+            except InvalidDICOMError as exc:
+                raise HTTPProblem(406, f"cannot render {record.sop_uid}: {exc}") from None
+            self.set_header("Content-Type", request.media)
+            self.write(data)
+            return
         writer = MultipartWriter(request.media)
         for record, index in targets:
             try:
@@ -754,22 +914,34 @@ class RenderedHandler(_WadoHandler):
         records: list[InstanceRecord],
         one_instance: bool,
         frames: str | None,
-        multipart: bool,
+        request: RenderRequest,
     ) -> list[tuple[InstanceRecord, int]]:
-        """Which (instance, 0-based frame) pairs to render."""
+        """Which (instance, 0-based frame) pairs to render (see the class docstring).
+
+        More than one pair without multipart means one animated GIF of one instance.
+        """
+        animate = request.media == "image/gif" and not request.multipart
         if frames is not None:
             stored = await self.stored(records[0])
             indices = _frame_numbers(frames, stored.number_of_frames)
-            if len(indices) > 1 and not multipart:
+            if len(indices) > 1 and not (request.multipart or animate):
                 raise HTTPProblem(
                     406,
-                    "several frames render as multipart/related; "
-                    'ask Accept: multipart/related; type="image/jpeg"',
+                    f"frames {frames[:40]} render as multipart/related or as one animated "
+                    'image/gif; ask Accept: multipart/related; type="image/jpeg" or image/gif',
                 )
             return [(records[0], i) for i in indices]
-        if one_instance or not multipart:
+        if not request.multipart and not animate:
             return [(records[0], 0)]
-        return [(r, 0) for r in records]
+        chosen = records[:1] if (one_instance or not request.multipart) else records
+        pairs: list[tuple[InstanceRecord, int]] = []
+        for record in chosen:
+            if record.number_of_frames > 1:  # the file's header has the final word
+                count = (await self.stored(record)).number_of_frames
+                pairs += [(record, i) for i in range(count)]
+            else:
+                pairs.append((record, 0))
+        return pairs
 
 
 class ThumbnailHandler(RenderedHandler):
@@ -787,7 +959,7 @@ class ThumbnailHandler(RenderedHandler):
         records: list[InstanceRecord],
         one_instance: bool,
         frames: str | None,
-        multipart: bool,
+        request: RenderRequest,
     ) -> list[tuple[InstanceRecord, int]]:
         if frames is not None:
             stored = await self.stored(records[0])
