@@ -22,9 +22,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -41,6 +42,7 @@ __all__ = [
     "ServerStartError",
     "UploadReport",
     "cached_sandbox_data_dir",
+    "chromium_browser",
     "free_port",
     "imagingkit_command",
     "jupyter_env",
@@ -592,3 +594,34 @@ def start_jupyter(
         )
     origin = f"http://127.0.0.1:{port}"
     return JupyterProcess(process, origin, token, log, Path(env["JUPYTER_RUNTIME_DIR"]), base_url)
+
+
+# --------------------------------------------------------------------------- Chromium
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright (never ``playwright install``).
+
+    Skips when either is missing (which fails under ``CI=true``, see ``conftest.py``).
+    """
+    import pytest
+
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium missing: apt-get install -y chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright missing: pip install playwright (never 'playwright install')")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
