@@ -548,6 +548,56 @@ def test_qido_paging_partitions_the_same_results(pair: Pair, level: str) -> None
         assert set(seen) == set(by_uid(full, level)), name
 
 
+def _study_moments(pair: Pair) -> dict[str, str | None]:
+    """Each study's date-time as ``YYYYMMDDHHMMSS`` (seconds; None without a clean date and
+    time), from its files read by pydicom: the oracle of combined date-time matching."""
+    moments: dict[str, str | None] = {}
+    for instance in pair.instances:
+        if instance.study in moments:
+            continue
+        date = str(instance.header.get("StudyDate", "")).strip()
+        time = str(instance.header.get("StudyTime", "")).strip().split(".")[0]
+        clean = re.fullmatch(r"\d{8}", date) and re.fullmatch(r"\d{6}", time)
+        moments[instance.study] = date + time if clean else None
+    return moments
+
+
+def test_combined_date_time_matching(pair: Pair) -> None:
+    """PS3.4 C.2.2.2.5.1 combined date-time range matching (asked by PS3.18 §8.3.4.1).
+
+    Where the combined range lies within one day, matching date and time one by one (what
+    Orthanc 1.10 does) gives the same answer: compared with Orthanc. Over midnight Orthanc
+    finds nothing (its time range is inverted; reference-servers.md), so the embedded
+    store is checked against the files instead. Studies without a clean date and time are
+    left out of both comparisons (their values are not DA/TM as PS3.5 writes them).
+    """
+    moments = _study_moments(pair)
+    timed = sorted((m, uid) for uid, m in moments.items() if m and "000000" < m[8:] < "235959")
+    assert timed, "no study in the sandbox has a StudyDate and a StudyTime"
+    moment, chosen = timed[len(timed) // 2]
+    day, clock = moment[:8], moment[8:]
+    unclean: Drop = lambda r: moments.get(r[_tag("StudyInstanceUID")]["Value"][0]) is None  # noqa: E731
+    same_day = f"/studies?StudyDate={day}&StudyTime=000000-{clock}"
+    assert not compare_query(pair, same_day, "studies", unclean)
+    found = answer(raw_get(pair.embedded.dicomweb, same_day, DICOM_JSON))
+    assert found is not None and chosen in by_uid(found, "studies")
+    following = (np.datetime64(f"{day[:4]}-{day[4:6]}-{day[6:]}") + 1).astype(str)
+    next_day = following.replace("-", "")
+    for low, high in ((clock, "000001"), (clock, "235959")):
+        target = f"/studies?StudyDate={day}-{next_day}&StudyTime={low}-{high}"
+        expected = {
+            uid for uid, m in moments.items() if m is not None and day + low <= m <= next_day + high
+        }
+        results = answer(raw_get(pair.embedded.dicomweb, target, DICOM_JSON))
+        assert results is not None, target
+        got = {uid for uid in by_uid(results, "studies") if moments.get(uid) is not None}
+        assert chosen in got, target
+        assert got == expected, target
+    inverted = f"/studies?StudyDate={day}&StudyTime=2300-0100"
+    refused = raw_get(pair.embedded.dicomweb, inverted, DICOM_JSON)
+    assert refused.status == 400 and "StudyTime" in refused.json()["detail"]
+
+
 # --------------------------------------------------------------------------- tests: WADO
 
 
@@ -800,6 +850,54 @@ def test_includefield_all_returns_every_available_attribute(pair: Pair) -> None:
     default = answer(_embedded(pair, f"/studies?StudyInstanceUID={instance.study}"))
     assert everything and default
     assert set(default[0]) <= set(everything[0])
+
+
+def test_includefield_all_at_series_level_returns_series_modules(pair: Pair) -> None:
+    """PS3.18 §8.3.4.3 / Table 10.6.3-4 with PS3.3 A.1.2: ``includefield=all`` on series
+    returns the Series (and Equipment) modules of the series' files; Orthanc 1.10 ignores
+    it, so the files are the oracle. Instance attributes stay out."""
+    with_maker = [i for i in pair.instances if str(i.header.get("Manufacturer", ""))]
+    assert with_maker, "no series in the sandbox names its Manufacturer"
+    instance = with_maker[0]
+    target = (
+        f"/studies/{instance.study}/series?SeriesInstanceUID={instance.series}&includefield=all"
+    )
+    results = answer(_embedded(pair, target))
+    assert results and len(results) == 1
+    (series,) = results
+    first = min(
+        (i for i in pair.instances if i.series == instance.series),
+        key=lambda i: (int(i.header.get("InstanceNumber") or 0), i.sop),
+    )
+    assert comparable(series.get(_tag("Manufacturer"))) == (str(first.header.Manufacturer),)
+    for keyword in ("SOPInstanceUID", "Rows", "InstanceNumber"):
+        assert _tag(keyword) not in series, keyword
+
+
+def test_rendered_multiframe_frames_agree_in_size(pair: Pair) -> None:
+    """PS3.18 §10.4.1.1.3: ``/frames/{n}/rendered`` renders frame n on both servers (same
+    size); an instance-level image/jpeg is frame 1 on both. Only the embedded store answers
+    image/gif (optional; Orthanc 1.7 lacks it) — with every frame of the instance."""
+    multi = [
+        i
+        for i in pair.instances
+        if i.has_pixels and i.frames > 1 and "realworld" not in i.path.parts
+    ]
+    assert any(str(i.header.Modality) == "US" for i in multi), "no US cine in the sandbox"
+    for instance in multi[:4]:
+        sizes = {}
+        for name, base in pair.both():
+            for number in (1, instance.frames):
+                target = f"{instance.target}/frames/{number}/rendered"
+                image = _decoded_image(raw_get(base, target, "image/jpeg"), f"{name} {target}")
+                sizes.setdefault(number, set()).add(image.size)
+            first = _decoded_image(
+                raw_get(base, f"{instance.target}/rendered", "image/jpeg"), f"{name} rendered"
+            )
+            sizes.setdefault("instance", set()).add(first.size)
+        assert all(len(v) == 1 for v in sizes.values()), (instance.path.name, sizes)
+        gif = _decoded_image(_embedded(pair, f"{instance.target}/rendered", "image/gif"), "gif")
+        assert 1 < getattr(gif, "n_frames", 1) <= instance.frames, instance.path.name
 
 
 def test_fuzzymatching_is_supported_or_refused_consistently(pair: Pair) -> None:
