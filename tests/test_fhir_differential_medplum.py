@@ -21,13 +21,18 @@ deviations of Medplum 4.5 (see also shared notes, reference-servers.md):
 - references must be ``Type/id``: a bare id, an absolute URL or ``:Type`` match nothing;
 - chained parameters and ``_has`` match nothing; ``_include``/``_revinclude`` are ignored;
 - ``_elements`` is ignored; ``_sort`` with several keys sorts by the last key first;
-- no paging links (``server.mjs`` adds them).
+- no paging links (``server.mjs`` adds them);
+- PATCH ignores ``If-Match``, answers 400 to a failed ``test`` (R4: 422) and stores a
+  patched ``id`` or an invalid result; system search (``GET [base]?_type=…``) always answers
+  an empty searchset, so it is compared with the union of Medplum's type searches.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import itertools
+import json
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable
@@ -1026,3 +1031,184 @@ def test_medplum_validates_every_resource(
     outcome = medplum_server.post("$validate", bundle).json()
     problems = [i for i in outcome.get("issue", []) if i.get("severity") in ("error", "fatal")]
     assert problems == []
+
+
+# --------------------------------------------------------------------------- system search
+# R4 search §3.1.1.3. Medplum 4.5's in-memory engine answers ``GET [base]?_type=…`` with an
+# empty searchset (total 0) and refuses a system search without ``_type`` (400): its
+# MemoryRepository searches only one type. So the system search of the embedded store is
+# compared with the union of Medplum's type searches with the same common parameters.
+
+SYSTEM_QUERIES = [
+    ("Patient,ImagingStudy", ""),
+    ("ImagingStudy,DiagnosticReport,Condition", "_lastUpdated=ge{T}"),
+    ("Patient,Encounter", "_lastUpdated=lt{T}"),
+    ("Patient,ImagingStudy,Observation", "_id={study},{pat}"),
+]
+
+
+@pytest.mark.parametrize(("types", "params"), SYSTEM_QUERIES, ids=[t for t, _ in SYSTEM_QUERIES])
+def test_system_search_is_the_union_of_type_searches(
+    types: str, params: str, servers: Servers
+) -> None:
+    params = params.format(**servers.ctx)
+    ours = servers.ours.search(f"?_type={types}&_count=200" + (f"&{params}" if params else ""))
+    union: list[str] = []
+    for type_ in types.split(","):
+        union += servers.medplum.search(
+            f"{type_}?_count=200" + (f"&{params}" if params else "")
+        ).matches
+    assert sorted(ours.matches) == sorted(union)
+    assert ours.total == len(union)
+    medplum_system = servers.medplum.get(f"?_type={types}")
+    assert medplum_system.status_code == 200 and medplum_system.json()["total"] == 0  # deviation
+
+
+def test_system_search_refusals_follow_r4(servers: Servers) -> None:
+    """A type-specific parameter across types: R4 "SHALL be common" — ours 400, Medplum
+    ignores the rule (an empty answer); no ``_type``: R4 allows it, Medplum refuses."""
+    uncommon = servers.ours.get("?_type=Patient,ImagingStudy&gender=male")
+    assert uncommon.status_code == 400 and "gender" in uncommon.text
+    assert servers.medplum.get("?_type=Patient,ImagingStudy&gender=male").status_code == 200
+    every = servers.ours.get(f"?_lastUpdated=ge{servers.ctx['T']}&_summary=count")
+    reports = servers.medplum.search(f"DiagnosticReport?_lastUpdated=ge{servers.ctx['T']}")
+    assert every.status_code == 200 and every.json()["total"] == len(reports.matches)
+    assert servers.medplum.get(f"?_lastUpdated=ge{servers.ctx['T']}").status_code == 400
+
+
+# --------------------------------------------------------------------------- PATCH
+# R4 http.html "patch" with JSON Patch (RFC 6902). Run after the searches (own ids, so the
+# search data is untouched). Medplum 4.5's in-memory engine applies JSON Patch with the
+# same results, but: it ignores If-Match on PATCH, answers 400 (not R4's 422) to a failed
+# `test` or a missing target, and stores a patch that changes `id` or makes the resource
+# invalid. Those cases are checked against the R4 text on the embedded store only.
+
+JSON_PATCH_TYPE = {"Content-Type": "application/json-patch+json"}
+
+
+def _patch(fhir: Fhir, url: str, operations: Any) -> requests.Response:
+    return fhir.session.patch(
+        fhir.base + url, data=json.dumps(operations), headers=JSON_PATCH_TYPE, timeout=60
+    )
+
+
+def _content(resource: Resource) -> Resource:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def _patch_targets() -> list[Resource]:
+    return [
+        _edge_patient("patch1", "Patchwork", ["Ann"], "female", birthDate="1970-01-02"),
+        _edge_patient("patch2", "Patchwork", ["Bob"], "male"),
+        _edge_patient("patch3", "Patchwork", ["Cy"], "male"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def patched(servers: Servers) -> Servers:
+    for fhir in (servers.ours, servers.medplum):
+        for resource in _patch_targets():
+            answer = fhir.session.put(
+                f"{fhir.base}Patient/{resource['id']}", json=resource, timeout=60
+            )
+            assert answer.ok, answer.text
+    return servers
+
+
+PATCHES: list[list[dict[str, Any]]] = [
+    [{"op": "replace", "path": "/gender", "value": "other"}],
+    [{"op": "add", "path": "/name/0/given/-", "value": "Zoë"}],
+    [{"op": "add", "path": "/name/0/given/0", "value": "First"}],
+    [{"op": "remove", "path": "/birthDate"}],
+    [{"op": "copy", "from": "/name/0", "path": "/name/-"}],
+    [{"op": "move", "from": "/name/1", "path": "/name/0"}],
+    [
+        {"op": "test", "path": "/gender", "value": "other"},
+        {"op": "add", "path": "/active", "value": True},
+    ],
+    [{"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "1"}]}],
+    [{"op": "replace", "path": "/telecom/0/value", "value": "2"}],
+]
+
+
+def test_json_patch_results_agree(patched: Servers) -> None:
+    """The same sequence of patches gives the same resource on both servers."""
+    for operations in PATCHES:
+        answers = [
+            _patch(f, "Patient/edge-patch1", operations) for f in (patched.ours, patched.medplum)
+        ]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert _content(answers[0].json()) == _content(answers[1].json()), operations
+    for fhir in (patched.ours, patched.medplum):
+        # the patched values are searchable on both
+        found = fhir.search("Patient?telecom=2&family=Patchwork")
+        assert found.matches == ["Patient/edge-patch1"]
+
+
+def test_conditional_patch_agrees(patched: Servers) -> None:
+    op = [{"op": "add", "path": "/active", "value": False}]
+    for query, status in [
+        ("Patient?family=Nobodyhere", 404),
+        ("Patient?family=Patchwork&gender=male", 412),
+        ("Patient?family=Patchwork&given=Cy", 200),
+    ]:
+        answers = [_patch(f, query, op) for f in (patched.ours, patched.medplum)]
+        assert [a.status_code for a in answers] == [status, status], query
+    for fhir in (patched.ours, patched.medplum):
+        assert fhir.get("Patient/edge-patch3").json()["active"] is False
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+def test_patch_entries_in_bundles_agree(kind: str, patched: Servers) -> None:
+    """R4: a JSON Patch travels in a Bundle as a base64 Binary."""
+    operations = [{"op": "replace", "path": "/name/0/given", "value": [kind]}]
+    data = base64.b64encode(json.dumps(operations).encode()).decode()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": kind,
+        "entry": [
+            {
+                "request": {"method": "PATCH", "url": "Patient/edge-patch2"},
+                "resource": {
+                    "resourceType": "Binary",
+                    "contentType": JSON_PATCH_TYPE["Content-Type"],
+                    "data": data,
+                },
+            }
+        ],
+    }
+    results = []
+    for fhir in (patched.ours, patched.medplum):
+        answer = fhir.session.post(fhir.base, json=bundle, timeout=60)
+        assert answer.status_code == 200, answer.text
+        entry = answer.json()["entry"][0]
+        assert entry["response"]["status"].startswith("200")
+        results.append(_content(fhir.get("Patient/edge-patch2").json()))
+    assert results[0] == results[1] and results[0]["name"][0]["given"] == [kind]
+
+
+def test_patch_errors_follow_r4(patched: Servers) -> None:
+    """Where Medplum departs from R4 (see the section comment), R4 decides."""
+    ours, medplum = patched.ours, patched.medplum
+    for fhir in (ours, medplum):  # a malformed document: 400 on both
+        assert (
+            _patch(fhir, "Patient/edge-patch1", [{"op": "frob", "path": "/a"}]).status_code == 400
+        )
+    failed_test = [{"op": "test", "path": "/gender", "value": "unknown"}]
+    assert _patch(ours, "Patient/edge-patch1", failed_test).status_code == 422
+    assert _patch(medplum, "Patient/edge-patch1", failed_test).status_code == 400  # deviation
+    stale = ours.session.patch(
+        ours.base + "Patient/edge-patch1",
+        data=json.dumps([{"op": "replace", "path": "/gender", "value": "male"}]),
+        headers={**JSON_PATCH_TYPE, "If-Match": 'W/"1"'},
+        timeout=60,
+    )
+    assert stale.status_code == 412
+    assert (
+        _patch(
+            ours, "Patient/edge-patch1", [{"op": "replace", "path": "/id", "value": "x"}]
+        ).status_code
+        == 400
+    )
+    invalid = [{"op": "add", "path": "/birthDate", "value": "1970-13-45"}]
+    assert _patch(ours, "Patient/edge-patch1", invalid).status_code == 400

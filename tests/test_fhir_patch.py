@@ -495,3 +495,17 @@ def test_capability_statement_advertises_patch(served: str) -> None:
         timeout=30,
     )
     assert "PATCH" in preflight.headers.get("Access-Control-Allow-Methods", "")
+
+
+def test_in_process_patch_has_the_rest_semantics(tmp_path: Path) -> None:
+    with serving_store(tmp_path) as (_base, store):
+        store.upsert({"resourceType": "Patient", "id": "p1", "gender": "female"})
+        patched = store.patch("Patient", "p1", [{"op": "add", "path": "/active", "value": True}])
+        assert patched["active"] is True and patched["meta"]["versionId"] == "2"
+        with pytest.raises(FHIRError) as stale:
+            store.patch("Patient", "p1", [], if_match='W/"1"')
+        assert stale.value.status == 412
+        with pytest.raises(FHIRError) as failed:
+            store.patch("Patient", "p1", [{"op": "test", "path": "/active", "value": False}])
+        assert failed.value.status == 422
+        assert store.read("Patient", "p1")["meta"]["versionId"] == "2"

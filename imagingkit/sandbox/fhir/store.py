@@ -129,6 +129,29 @@ class FhirStore:
         assert response.body is not None
         return response.body
 
+    def patch(
+        self,
+        type_: str,
+        id_: str,
+        operations: list[dict[str, Any]],
+        *,
+        if_match: str | None = None,
+    ) -> dict[str, Any]:
+        """Apply a JSON Patch to ``type_/id_`` as ``PATCH [type]/[id]`` would (R4 http.html
+        "patch", RFC 6902) and return the resource as stored.
+
+        Raises
+        ------
+        InvalidInputError
+            A malformed patch, or a result that is not a valid update (400).
+        FHIRError
+            404/410 for an unknown or deleted resource, 412 if *if_match* names another
+            version, 422 if an operation cannot be applied or a ``test`` fails.
+        """
+        body = self.interactions.patch(type_, id_, operations, None, if_match=if_match).body
+        assert body is not None
+        return body
+
     def read(self, type_: str, id_: str, *, base_url: str | None = None) -> dict[str, Any]:
         """Return the current version of ``type_/id_`` (404/410 as FHIRError)."""
         body = self.interactions.read(type_, id_, self._urls(base_url)).body
