@@ -497,3 +497,43 @@ def test_discovery_and_capability_statement_are_public(sandbox: ScopedSandbox) -
         timeout=TIMEOUT,
     )
     assert preflight.status_code == 204
+
+
+# --------------------------------------------------------------------------- PATCH, system search
+
+
+def test_patch_needs_the_update_scope(sandbox: ScopedSandbox, token_a: dict[str, str]) -> None:
+    """JSON Patch writes like an update (FHIR R4 http "patch"): read scopes are not enough."""
+    url = f"{sandbox.fhir}/Observation/xref-a"
+    patch = [{"op": "add", "path": "/comment", "value": "patched under auth"}]
+    headers = {"Content-Type": "application/json-patch+json"}
+    for reader in (token_a, sandbox.headers("system", "system/*.rs")):
+        refused = requests.patch(url, headers={**headers, **reader}, json=patch, timeout=TIMEOUT)
+        assert refused.status_code == 403, refused.text
+    writer = sandbox.headers("system", "system/*.rus")
+    done = requests.patch(url, headers={**headers, **writer}, json=patch, timeout=TIMEOUT)
+    assert done.status_code == 200, done.text
+    assert done.json()["comment"] == "patched under auth"
+    unauthenticated = requests.patch(url, headers=headers, json=patch, timeout=TIMEOUT)
+    assert unauthenticated.status_code == 401
+
+
+def test_system_search_needs_search_scope_on_every_type(sandbox: ScopedSandbox) -> None:
+    """``GET [base]?_type=…`` (R4 search §3.1.1.3) is guarded like each type's search."""
+    studies_only = sandbox.headers("system", "system/ImagingStudy.rs")
+    allowed = _get(sandbox.fhir, studies_only, _type="ImagingStudy")
+    assert allowed.status_code == 200, allowed.text
+    assert {r["resourceType"] for r in _entries(allowed.json())} == {"ImagingStudy"}
+    assert _get(sandbox.fhir, studies_only, _type="ImagingStudy,Patient").status_code == 403
+    assert _get(sandbox.fhir, studies_only).status_code == 403  # no _type: every type
+    everything = _get(sandbox.fhir, sandbox.headers("system", "system/*.rs"), _type="Patient")
+    assert everything.status_code == 200
+    assert len(_entries(everything.json())) >= 2
+    assert _get(sandbox.fhir, {}, _type="Patient").status_code == 401
+
+
+def test_patient_tokens_cannot_search_the_whole_system(
+    sandbox: ScopedSandbox, token_a: dict[str, str]
+) -> None:
+    for params in ({"_type": "Patient"}, {"_type": "ImagingStudy"}, {}):
+        assert _get(sandbox.fhir, token_a, **params).status_code == 403
