@@ -656,9 +656,7 @@ def _combined_date_times(
         if tag is not None:
             named[int(tag)] = (name, values[0].strip())
     consumed: set[str] = set()
-    for date_keyword, time_keyword in DATE_TIME_PAIRS:
-        date_attr = resolve_attribute(date_keyword, date_keyword)
-        time_attr = resolve_attribute(time_keyword, time_keyword)
+    for date_attr, time_attr in _PAIR_ATTRIBUTES:
         if date_attr.tag not in named or time_attr.tag not in named:
             continue
         (date_name, date_value), (time_name, time_value) = (
@@ -677,6 +675,11 @@ def _combined_date_times(
         query.include.update((date_attr.tag, time_attr.tag))
         consumed.update((date_name, time_name))
     return consumed
+
+
+_PAIR_ATTRIBUTES = tuple(
+    (resolve_attribute(d, d), resolve_attribute(t, t)) for d, t in DATE_TIME_PAIRS
+)
 
 
 def _bounds(attribute: Attribute, value: str) -> tuple[str | None, str | None]:
