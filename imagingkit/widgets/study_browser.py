@@ -143,8 +143,10 @@ class StudyBrowser(ipywidgets.VBox):
             continuous_update=False,
             layout=layout,
         )
+        # width "auto" stretches the list across the box; "100%" plus the widget's
+        # margin overflowed it, cutting off the list's right edge in JupyterLab
         self.studies = ipywidgets.Select(
-            options=[], rows=min(self.page_size, 20), layout=ipywidgets.Layout(width="100%")
+            options=[], rows=min(self.page_size, 20), layout=ipywidgets.Layout(width="auto")
         )
         self.previous = ipywidgets.Button(description="◀ Previous", layout=layout)
         self.next = ipywidgets.Button(description="Next ▶", layout=layout)
