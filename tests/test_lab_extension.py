@@ -30,7 +30,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from servers import _die_with_parent, _stop_process, _tail, cached_sandbox_data_dir, free_port
+from servers import (
+    _die_with_parent,
+    _stop_process,
+    _tail,
+    cached_sandbox_data_dir,
+    chromium_browser,
+    free_port,
+)
 
 from imagingkit import __version__
 from imagingkit.fhircast import FhircastClient
@@ -41,7 +48,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXTENSION = REPO / "extension"
 NAME = "imagingkit-lab"
 BASE_URL = "/user/ada/"
-CHROMIUM = Path("/usr/bin/chromium")
 START_TIMEOUT = 240  # jupyter lab plus the embedded sandbox on a loaded 2-core machine
 UI_TIMEOUT_MS = 120_000  # JupyterLab's first load in a software-rendered browser
 HOSTILE = '<img src=x onerror="window.__imagingkitXss = 1">CT chest <b>bold</b>'
@@ -243,22 +249,8 @@ def test_labextension_list_shows_the_installed_extension_enabled(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium missing: apt-get install -y chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright missing: pip install playwright (never 'playwright install')")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium_browser() as instance:
+        yield instance
 
 
 @contextlib.contextmanager
