@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import signal
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ UI_MS = 90_000  # JupyterLab's first load and a cold kernel on a loaded 2-core m
 WAIT_MS = 30_000
 #: console errors of ipywidgets' manager, its comm or a widget view
 WIDGET_ERROR = re.compile(r"widget|comm\b|model", re.IGNORECASE)
+UNCAUGHT = "uncaught: "
 
 
 # --------------------------------------------------------------------------- the server
@@ -155,7 +157,7 @@ def notebook_page(browser: Any, server: JupyterProcess) -> Iterator[tuple[Any, l
         page = context.new_page()
         page.set_default_timeout(UI_MS)
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+        page.on("pageerror", lambda e: errors.append(f"{UNCAUGHT}{e}"))
         page.goto(f"{server.origin}{BASE_URL}lab/tree/{NOTEBOOK}?token={server.token}")
         page.wait_for_selector(".jp-Notebook .jp-CodeCell")
         yield page, errors
@@ -330,6 +332,12 @@ def test_widgets_render_filter_select_follow_and_escape_in_jupyterlab(
         assert page.evaluate("window.__pwned") is None
 
         # -- the page logged no widget-manager error
-        widget_errors = [e for e in errors if WIDGET_ERROR.search(e)]
-        print("console errors:", errors)
-        assert widget_errors == [], widget_errors
+        _report_console(errors)
+
+
+def _report_console(errors: list[str]) -> None:
+    """Fail on the widget manager's errors and uncaught exceptions; warn about the rest."""
+    failing = [e for e in errors if WIDGET_ERROR.search(e) or e.startswith(UNCAUGHT)]
+    for other in sorted(set(errors) - set(failing)):
+        warnings.warn(f"JupyterLab console error: {other}", stacklevel=2)
+    assert failing == [], failing
