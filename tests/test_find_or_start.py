@@ -76,7 +76,9 @@ def _kernel(server: JupyterProcess, timeout: float = 120) -> Iterator[Any]:
         connection_file=str(server.runtime_dir / f"kernel-{kernel_id}.json")
     )
     client.load_connection_file()
-    client.start_channels()
+    # no heartbeat channel: on a loaded machine a late beat reads as a dead kernel;
+    # readiness is the kernel_info reply, within the timeout
+    client.start_channels(hb=False)
     try:
         client.wait_for_ready(timeout=timeout)
         yield client

@@ -80,7 +80,9 @@ async def _run_cells(notebook: nbformat.NotebookNode, connection_file: Path) -> 
 
     kernel = AsyncKernelClient(connection_file=str(connection_file))
     kernel.load_connection_file()
-    kernel.start_channels()
+    # no heartbeat channel: on a loaded machine a late beat reads as a dead kernel;
+    # readiness is the kernel_info reply, within the timeout
+    kernel.start_channels(hb=False)
     try:
         await kernel.wait_for_ready(timeout=120)
         client = NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3")
