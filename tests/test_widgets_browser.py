@@ -299,6 +299,17 @@ def test_widgets_render_filter_select_follow_and_escape_in_jupyterlab(
         bar = _cell(page, 1).locator(".widget-html-content").first
         expect(bar).to_contain_text(str(described), timeout=WAIT_MS)
 
+        # -- the "From" date picker: only studies of that day or later, none without a date
+        since = "2010-01-01"
+        date_from = browser_cell.locator('.widget-datepicker input[type="date"]').first
+        date_from.fill(since)
+        expect(browser_cell).to_contain_text(f"(filtered from {len(studies)})")
+        dates = [line.strip(" ●").split(" · ")[0] for line in _options(lines)]
+        assert dates, "no study since 2010 on the first page"
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", d) and d >= since for d in dates), dates
+        date_from.fill("")
+        expect(browser_cell).not_to_contain_text("filtered from")
+
         # -- ViewerButtons: a link to the built-in viewer, in a new tab
         first = frame.iloc[0]
         link = viewer_cell.locator(".widget-html-content a")
