@@ -29,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,33 @@ def serve(folder: str) -> None:
     with serving_store(Path(folder)) as (base, _store):
         print(base, flush=True)
         sys.stdin.read()
+
+
+@contextmanager
+def store_process(script: str, prefix: str) -> Iterator[str]:
+    """Run *script* ``--serve`` (an embedded FHIR store in its own process, so it shares no
+    GIL with the client) on a new temporary folder; yield its FHIR base URL; stop it."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    server = subprocess.Popen(
+        [sys.executable, script, "--serve", folder],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(script).parent,
+    )
+    try:
+        assert server.stdout is not None
+        base = server.stdout.readline().strip()
+        if not base.startswith("http"):
+            raise SystemExit(f"the FHIR store did not start: {base!r}")
+        yield base
+    finally:
+        if server.stdin:
+            server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def load(base: str, studies: int) -> None:
@@ -117,18 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    folder = tempfile.mkdtemp(prefix="ik-bench-cohort-")
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", folder],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        base = server.stdout.readline().strip()
-        if not base.startswith("http"):
-            raise SystemExit(f"the FHIR store did not start: {base!r}")
+    with store_process(__file__, "ik-bench-cohort-") as base:
         start = time.perf_counter()
         load(base, args.studies)
         print(
@@ -155,13 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             for name, values in times.items():
                 median = statistics.median(values)
                 print(f"{name:<40} {rows[name]:>9,} {median:>9.2f} {baseline / median:>8.1f}×")
-    finally:
-        if server.stdin:
-            server.stdin.close()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
 
 

@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import requests
-from cohort_query import load, serve  # same store process and synthetic record
+from cohort_query import load, serve, store_process  # same store process and synthetic record
 
 
 class Writer(threading.Thread):
@@ -140,19 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    folder = tempfile.mkdtemp(prefix="ik-bench-watch-")
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", folder],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent,
-    )
-    try:
-        assert server.stdout is not None
-        base = server.stdout.readline().strip()
-        if not base.startswith("http"):
-            raise SystemExit(f"the FHIR store did not start: {base!r}")
+    with store_process(__file__, "ik-bench-watch-") as base:
         load(base, args.studies)
         template = requests.get(f"{base}/ImagingStudy", params={"_count": "1"}, timeout=60).json()[
             "entry"
@@ -197,13 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, p50 in results.items():
             if name != "imagingkit bridge.watch()":
                 print(f"p50 latency, {name} / watch: {p50 / watch:.1f}×")
-    finally:
-        if server.stdin:
-            server.stdin.close()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
     return 0
 
 

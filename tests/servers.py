@@ -555,22 +555,30 @@ def jupyter_env(tmp: Path) -> dict[str, str]:
 
 
 def start_jupyter(
-    tmp: Path, env: dict[str, str], *, root_dir: Path, base_url: str = "/"
+    tmp: Path,
+    env: dict[str, str],
+    *,
+    root_dir: Path,
+    base_url: str = "/",
+    app: str = "jupyter_server",
+    binder: bool = True,
+    options: Sequence[str] = (),
 ) -> JupyterProcess:
     """Run ``binder/start python -m jupyter_server`` on loopback with a fresh token.
 
-    ``binder/start`` turns the extension's sandbox on; the server's log is ``tmp/jupyter.log``
-    and its runtime files (``jpserver-<pid>.json``, kernel connection files) are in
-    ``env["JUPYTER_RUNTIME_DIR"]``. Returns once the process runs (see
-    :meth:`JupyterProcess.wait_ready`).
+    ``binder/start`` turns the extension's sandbox on (``binder=False`` runs the app
+    directly); *app* may be ``"jupyterlab"``; *options* are more command-line options.
+    The server's log is ``tmp/jupyter.log`` and its runtime files (``jpserver-<pid>.json``,
+    kernel connection files) are in ``env["JUPYTER_RUNTIME_DIR"]``. Returns once the
+    process runs (see :meth:`JupyterProcess.wait_ready`).
     """
     port = free_port()
     token = secrets.token_hex(16)
     command = [
-        str(REPO / "binder" / "start"),
+        *([str(REPO / "binder" / "start")] if binder else []),
         sys.executable,
         "-m",
-        "jupyter_server",
+        app,
         "--no-browser",
         "--ServerApp.ip=127.0.0.1",
         f"--ServerApp.port={port}",
@@ -578,6 +586,7 @@ def start_jupyter(
         f"--ServerApp.base_url={base_url}",
         f"--ServerApp.root_dir={root_dir}",
         f"--IdentityProvider.token={token}",
+        *options,
     ]
     if os.geteuid() == 0:
         command.append("--allow-root")

@@ -31,12 +31,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from servers import (
-    _die_with_parent,
     _stop_process,
     _tail,
     cached_sandbox_data_dir,
     chromium_browser,
-    free_port,
+    start_jupyter,
 )
 
 from imagingkit import __version__
@@ -171,36 +170,21 @@ def _lab_env(tmp: Path, share: Path, imagingkit: dict[str, str]) -> dict[str, st
 def running_lab(tmp: Path, share: Path, imagingkit: dict[str, str], until: str) -> Iterator[Lab]:
     """``jupyter lab`` with the *imagingkit* environment, once its status is *until*."""
     env = _lab_env(tmp, share, imagingkit)
-    port, token = free_port(), secrets.token_hex(16)
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.base_url={BASE_URL}",
-        f"--ServerApp.root_dir={tmp}",
-        f"--IdentityProvider.token={token}",
+    started = start_jupyter(
+        tmp,
+        env,
+        root_dir=tmp,
+        base_url=BASE_URL,
+        app="jupyterlab",
+        binder=False,
         # nothing from the network: no update check, no news
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.news_url=",
-    ]
-    if os.geteuid() == 0:
-        command.append("--allow-root")
-    log = tmp / "lab.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp,
-            preexec_fn=_die_with_parent,
-        )
-    server = Lab(process, f"http://127.0.0.1:{port}", token, log, env)
+        options=[
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.news_url=",
+        ],
+    )
+    process, log = started.process, started.log
+    server = Lab(process, started.origin, started.token, log, env)
     try:
         deadline, state = time.monotonic() + START_TIMEOUT, "no answer"
         while state != until:
