@@ -128,6 +128,20 @@ class Interactions:
         found = self.storage.by_rids(rids[:2])
         return [found[r] for r in rids[:2] if r in found]
 
+    def find_one(self, type_: str, query: str) -> Stored | None:
+        """The one resource a conditional interaction's criteria match, or None.
+
+        Raises
+        ------
+        OperationOutcomeError
+            412 when the criteria match several resources (R4 http §3.1.0.4.3 conditional
+            update, conditional patch, conditional delete).
+        """
+        matches = self.find(type_, query)
+        if len(matches) > 1:
+            raise fhir_error(412, f"{type_}?{query} matches several resources")
+        return matches[0] if matches else None
+
     # -- instance interactions ----------------------------------------------------------
 
     def read(self, type_: str, id_: str, urls: BaseUrls | None) -> Response:
@@ -197,14 +211,12 @@ class Interactions:
         """R4 http §3.1.0.4.3 conditional update ``PUT Type?criteria``."""
         check_type(type_)
         with self.storage.transaction():
-            matches = self.find(type_, query)
-            if len(matches) > 1:
-                raise fhir_error(412, f"{type_}?{query} matches several resources")
+            match = self.find_one(type_, query)
             body = validate_resource(resource, type_)
-            if matches:
+            if match is not None:
                 # the body may omit the id; if it has one, update() checks it matches
-                body.setdefault("id", matches[0].id)
-                return self.update(type_, matches[0].id, body, urls)
+                body.setdefault("id", match.id)
+                return self.update(type_, match.id, body, urls)
             if "id" in body:
                 return self.update(type_, body["id"], body, urls)
             return self.create(type_, body, urls)
@@ -260,12 +272,10 @@ class Interactions:
         """R4 http.html "conditional patch" ``PATCH Type?criteria``: 404 / patch / 412."""
         check_type(type_)
         with self.storage.transaction():
-            matches = self.find(type_, query)
-            if len(matches) > 1:
-                raise fhir_error(412, f"{type_}?{query} matches several resources")
-            if not matches:
+            match = self.find_one(type_, query)
+            if match is None:
                 raise fhir_error(404, f"no {type_} matches {query!r}")
-            return self.patch(type_, matches[0].id, operations, urls)
+            return self.patch(type_, match.id, operations, urls)
 
     def delete(self, type_: str, id_: str, *, if_match: str | None = None) -> Response:
         """R4 http §3.1.0.7 delete; 200 with an OperationOutcome either way."""
@@ -279,10 +289,8 @@ class Interactions:
         """R4 http §3.1.0.7.1 conditional delete (one match at most)."""
         check_type(type_)
         with self.storage.transaction():
-            matches = self.find(type_, query)
-            if len(matches) > 1:
-                raise fhir_error(412, f"{type_}?{query} matches several resources")
-            if not matches:
+            match = self.find_one(type_, query)
+            if match is None:
                 return Response(
                     200,
                     operation_outcome(
@@ -291,7 +299,7 @@ class Interactions:
                         code="informational",
                     ),
                 )
-            return self.delete(type_, matches[0].id)
+            return self.delete(type_, match.id)
 
     # -- searches and histories ---------------------------------------------------------
 
